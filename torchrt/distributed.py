@@ -1,0 +1,157 @@
+"""Worker-side entry points: ``torchrt.init()`` and ``torchrt.barrier()``.
+
+``init`` joins the process group with the backend the coordinator chose for the
+job (``TORCHRT_BACKEND``, exported by the rendezvous handler): NCCL when every
+node has CUDA, Gloo otherwise. Run under plain torchrun (no torchrt handler) it
+falls back to NCCL when this process sees CUDA and Gloo otherwise, so one
+script works under both backends.
+
+``barrier`` is store-based: every rank adds one to a counter and the last one
+to arrive sets a release key the others wait on (``TCPStore.wait`` is answered
+by the server the moment the key appears, no polling). Two release keys
+alternate by parity; the last arriver deletes the older one before setting the
+new, which is safe because no rank can reach the barrier after next until this
+one is released. So a long job keeps three keys per barrier name, not two per
+call. Ranks must call barriers of the same name in the same order, as with
+collectives.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import logging
+import os
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from torchrt.coordinator.client import CoordinatorClient
+from torchrt.protocol import parse_endpoint
+from torchrt.rendezvous.handler import round_store_prefix
+from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerContext:
+    """Where this worker stands in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    backend: str
+    device: torch.device
+    run_id: str | None
+    round: int | None
+    node_id: str | None
+    endpoint: str | None
+
+
+_context: WorkerContext | None = None
+_barrier_store: dist.Store | None = None
+_barrier_seq: dict[str, int] = {}
+
+
+def init(backend: str | None = None, timeout: timedelta = timedelta(minutes=10)) -> WorkerContext:
+    """Initialise the default process group and the worker's telemetry; idempotent."""
+    global _context
+    if _context is not None:
+        return _context
+    env = os.environ
+    chosen = backend or env.get("TORCHRT_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    device = torch.device("cpu")
+    if chosen == "nccl":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=chosen, timeout=timeout)
+    round_text = env.get("TORCHRT_ROUND")
+    _context = WorkerContext(
+        rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1")), backend=chosen, device=device,
+        run_id=env.get("TORCHRT_RUN_ID") or env.get("TORCHELASTIC_RUN_ID"),
+        round=int(round_text) if round_text else None, node_id=env.get("TORCHRT_NODE_ID"),
+        endpoint=env.get("TORCHRT_ENDPOINT"),
+    )
+    _start_telemetry(_context)
+    return _context
+
+
+def current() -> WorkerContext:
+    """The context ``init`` returned; raises if ``init`` was not called."""
+    if _context is None:
+        raise RuntimeError("torchrt.init() has not been called in this process")
+    return _context
+
+
+def barrier(name: str = "barrier", timeout: timedelta | None = None) -> float:
+    """Block until every rank reached barrier ``name``; returns the wait in seconds."""
+    ctx = current()
+    store = _store_for_barriers(ctx, timeout)
+    seq = _barrier_seq.get(name, 0) + 1
+    _barrier_seq[name] = seq
+    key = f"barrier/{name}"
+    started = time.perf_counter()
+    arrived = store.add(f"{key}/count", 1)
+    if arrived == seq * ctx.world_size:
+        if seq > 1:
+            store.delete_key(f"{key}/release{(seq - 1) % 2}")
+        store.set(f"{key}/release{seq % 2}", str(seq))
+    else:
+        store.wait([f"{key}/release{seq % 2}"])
+    elapsed = time.perf_counter() - started
+    if ctx.rank == 0:
+        get_reporter().emit("barrier", name=name, seq=seq, world_size=ctx.world_size,
+                            latency_us=round(elapsed * 1e6, 1))
+    return elapsed
+
+
+def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> dist.Store:
+    global _barrier_store
+    if _barrier_store is None:
+        address = os.environ.get("TORCHRT_STORE")
+        if address and ctx.run_id is not None and ctx.round is not None:
+            host, port = parse_endpoint(address)
+            base: dist.Store = dist.TCPStore(host, port, is_master=False, use_libuv=True,
+                                             timeout=timeout or timedelta(minutes=10))
+            prefix = round_store_prefix(ctx.run_id, ctx.round)
+        else:  # plain torchrun: the default process group's store
+            base = dist.distributed_c10d._get_default_store()
+            prefix = "torchrt/"
+        _barrier_store = dist.PrefixStore(prefix, base)
+    return _barrier_store
+
+
+def _start_telemetry(ctx: WorkerContext) -> None:
+    if ctx.endpoint is None or not isinstance(get_reporter(), NullReporter):
+        return
+    client = CoordinatorClient(
+        ctx.endpoint, role="worker", run_id=ctx.run_id, token=os.environ.get("TORCHRT_TOKEN"),
+        hello={"info": {"rank": ctx.rank, "local_rank": ctx.local_rank, "world_size": ctx.world_size,
+                        "local_world_size": ctx.local_world_size, "node_id": ctx.node_id,
+                        "round": ctx.round, "pid": os.getpid(), "backend": ctx.backend}},
+    )
+    try:
+        client.connect(timeout=10)
+    except Exception as e:
+        logger.warning("torchrt: no telemetry, the coordinator at %s did not accept this worker: %s",
+                       ctx.endpoint, e)
+        return
+
+    def deliver(events: list[dict]) -> None:
+        client.request("telemetry", events=events, timeout=10)
+
+    reporter = Reporter(deliver)
+    set_reporter(reporter)
+
+    def stop() -> None:
+        reporter.close()
+        client.close()
+
+    atexit.register(stop)
