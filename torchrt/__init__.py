@@ -3,10 +3,21 @@
 Workers call :func:`init` to join the job's process group (NCCL when every node
 has CUDA, Gloo otherwise, as the coordinator decided) and :func:`barrier` for a
 low-latency, store-based barrier whose timings reach the coordinator.
+
+The worker API is imported lazily so that loading the rendezvous plug-in (which
+torchrun does in every agent) pulls in only what the handler needs.
 """
 
-from torchrt.distributed import WorkerContext, barrier, current, init
+from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["WorkerContext", "__version__", "barrier", "current", "init"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("WorkerContext", "barrier", "current", "init"):
+        from torchrt import distributed
+
+        return getattr(distributed, name)
+    raise AttributeError(f"module 'torchrt' has no attribute {name!r}")

@@ -29,8 +29,7 @@ import torch
 import torch.distributed as dist
 
 from torchrt.coordinator.client import CoordinatorClient
-from torchrt.protocol import parse_endpoint
-from torchrt.rendezvous.handler import round_store_prefix
+from torchrt.protocol import parse_endpoint, round_store_prefix
 from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
 
 logger = logging.getLogger(__name__)

@@ -55,3 +55,8 @@ def parse_endpoint(endpoint: str, default_port: int = 29400) -> tuple[str, int]:
     if not 0 <= port < 65536:
         raise ValueError(f"port {port} in endpoint {endpoint!r} is out of range 0-65535")
     return host, port
+
+
+def round_store_prefix(run_id: str, round_number: int) -> str:
+    """Key prefix under which everything of one round lives in the coordinator's store."""
+    return f"torchrt/{run_id}/round{round_number}/"

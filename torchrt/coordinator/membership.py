@@ -174,6 +174,7 @@ class Membership:
             self._need_round("initial", now)
         elif self.current.world_size < self.settings.max_nodes:
             self._need_round(f"scale-up: {node_id} is waiting", now)
+        self._note_min_reached(now)
 
     def leave(self, node_id: str, now: float) -> None:
         """Graceful departure (agent shutdown). Does not trigger a re-form by itself."""
@@ -229,7 +230,7 @@ class Membership:
         """Waiting nodes past ``join_timeout``; they go back to idle."""
         late = [
             node_id for node_id in self._waiting
-            if now - (self.nodes[node_id].waiting_since or now) > self.settings.join_timeout
+            if now - _or(self.nodes[node_id].waiting_since, now) > self.settings.join_timeout
         ]
         for node_id in late:
             self._set_status(self.nodes[node_id], NodeStatus.IDLE)
@@ -246,8 +247,7 @@ class Membership:
         if count < self.settings.min_nodes:
             pending.min_reached_at = None
             return None
-        if pending.min_reached_at is None:
-            pending.min_reached_at = now
+        self._note_min_reached(now)
         if count < self.settings.max_nodes:
             outstanding = self.outstanding_participants()
             if (self.current is None or outstanding) and now < self._deadline(pending, outstanding):
@@ -320,6 +320,13 @@ class Membership:
             self._pending = _Pending(reason, now)
             self.emit("round_started", round=(self.current.number if self.current else 0) + 1,
                       reason=reason)
+            self._note_min_reached(now)
+
+    def _note_min_reached(self, now: float) -> None:
+        pending = self._pending
+        if pending is not None and pending.min_reached_at is None \
+                and len(self._waiting) >= self.settings.min_nodes:
+            pending.min_reached_at = now
 
     def _deadline(self, pending: _Pending, outstanding: list[str]) -> float:
         assert pending.min_reached_at is not None
@@ -333,7 +340,7 @@ class Membership:
         return sorted(waiting, key=lambda n: (
             n.node_id not in previous,
             previous.index(n.node_id) if n.node_id in previous else 0,
-            n.waiting_since or 0.0,
+            _or(n.waiting_since, 0.0),
         ))
 
     def _choose_backend(self, chosen: list[Node]) -> str:
@@ -388,3 +395,7 @@ class Membership:
 def _public_info(info: dict[str, Any]) -> dict[str, Any]:
     keys = ("hostname", "addr", "pid", "nproc", "device_kind", "device_count", "torch")
     return {k: info.get(k) for k in keys if k in info}
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -190,6 +190,8 @@ class Coordinator:
         finally:
             self._peers.discard(peer)
             writer.close()
+            if peer.role == "worker" and peer.worker is not None:
+                self.events.emit("worker_stopped", **{k: peer.worker.get(k) for k in ("rank", "node_id", "pid")})
             self._disconnected(peer)
 
     def _dispatch(self, peer: _Peer, message: Message) -> None:

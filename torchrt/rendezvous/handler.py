@@ -38,7 +38,7 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.coordinator.server import Coordinator, CoordinatorConfig
-from torchrt.protocol import Message, parse_endpoint
+from torchrt.protocol import Message, parse_endpoint, round_store_prefix
 from torchrt.rendezvous.node_info import describe_node, is_local_host
 from torchrt.rendezvous.options import RendezvousOptions
 
@@ -47,11 +47,6 @@ logger = logging.getLogger(__name__)
 BACKEND_NAME = "torchrt"
 DEFAULT_PORT = 29400
 ENV_PREFIX = "TORCHRT_"
-
-
-def round_store_prefix(run_id: str, round_number: int) -> str:
-    """Key prefix under which everything of one round lives in the coordinator's store."""
-    return f"torchrt/{run_id}/round{round_number}/"
 
 
 class TorchrtRendezvousHandler(RendezvousHandler):
@@ -211,9 +206,4 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             os.environ[ENV_PREFIX + key] = value
 
 
-def create_handler(params: RendezvousParameters) -> TorchrtRendezvousHandler:
-    """The creator torchrun's registry calls with the parsed ``--rdzv-*`` arguments."""
-    return TorchrtRendezvousHandler(params)
-
-
-__all__ = ["BACKEND_NAME", "TorchrtRendezvousHandler", "create_handler", "round_store_prefix"]
+__all__ = ["BACKEND_NAME", "TorchrtRendezvousHandler"]
