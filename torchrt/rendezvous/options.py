@@ -25,7 +25,7 @@ class RendezvousOptions:
     token: str | None = None
     run_dir: str | None = None
     is_host: bool | None = None
-    backend: str = "auto"
+    pg_backend: str = "auto"  # not "backend": torchrun passes that name to RendezvousParameters itself
     last_call_timeout: float = 1.0
     rejoin_timeout: float = 30.0
     join_timeout: float = 900.0
@@ -64,9 +64,9 @@ class RendezvousOptions:
         return options
 
     def _validate(self) -> None:
-        if self.backend not in BACKENDS:
+        if self.pg_backend not in BACKENDS:
             raise RendezvousConfigError(
-                f"--rdzv-conf backend={self.backend!r}; expected one of {', '.join(BACKENDS)}")
+                f"--rdzv-conf pg_backend={self.pg_backend!r}; expected one of {', '.join(BACKENDS)}")
         for name in ("last_call_timeout", "rejoin_timeout"):
             if getattr(self, name) < 0:
                 raise RendezvousConfigError(f"--rdzv-conf {name} must be >= 0, got {getattr(self, name)}")
@@ -87,7 +87,7 @@ class RendezvousOptions:
         """The job description a node sends with its hello (the first one configures the job)."""
         return {"min_nodes": min_nodes, "max_nodes": max_nodes,
                 "last_call_timeout": self.last_call_timeout, "rejoin_timeout": self.rejoin_timeout,
-                "join_timeout": self.join_timeout, "backend": self.backend,
+                "join_timeout": self.join_timeout, "backend": self.pg_backend,
                 "heartbeat_timeout": self.heartbeat_timeout}
 
 

@@ -1,0 +1,46 @@
+"""run_config on an invalid config: status 2, the message on stderr, nothing started."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from launch.runner import run_config
+from torchrt.coordinator.client import ping
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ([], "nodes.max"),                          # the file itself is bad
+    (["nodes.max=2", "rendezvous.backend=mpi"], "rendezvous.backend"),  # a bad --set
+])
+def test_bad_config_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   overrides: list[str], key: str) -> None:
+    (tmp_path / "train.py").write_text("raise SystemExit('must not run')\n")
+    endpoint = f"127.0.0.1:{free_port()}"
+    run_dir = tmp_path / "run"
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"""
+job: {{name: bad, run_dir: {run_dir}}}
+nodes: {{min: 2, max: 1}}
+rendezvous: {{endpoint: "{endpoint}", is_host: true}}
+entrypoint: {{script: train.py}}
+""")
+    assert run_config(str(config), overrides) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"torchrt: {config}: {key}"), err
+    assert "expected" in err
+    assert ping(endpoint, timeout=0.5) is None
+    assert not run_dir.exists()
+
+
+def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_config(str(tmp_path / "absent.yaml"), []) == 2
+    assert "absent.yaml: (file): expected an existing config file" in capsys.readouterr().err
