@@ -104,7 +104,8 @@ def test_worker_crash_restarts_and_completes(job, tmp_path):
     assert len({r["round"] for r in got}) == 1 and got[0]["round"] >= 2, "all workers on one generation"
     rounds = events(job.run_dir, "round_completed")
     assert all(r["world_size"] == 2 for r in rounds)
-    assert events(job.run_dir, "restart")
+    causes = {e["reason"] for e in events(job.run_dir, "restart")}
+    assert "local workers failed" in causes, causes
 
 
 def test_foreign_run_id_is_rejected(job):
@@ -115,4 +116,5 @@ def test_foreign_run_id_is_rejected(job):
     assert rc != 0
     log = intruder.log()
     assert "NodeRejectedError" in log and "'beta'" in log and "'alpha'" in log
+    assert [e for e in events(job.run_dir, "node_rejected") if "'beta'" in e["error"]]
     assert_finished(first)

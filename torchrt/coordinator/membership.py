@@ -155,8 +155,8 @@ class Membership:
         node.last_seen = now
         return node
 
-    def join(self, node_id: str, master_port: int, now: float) -> None:
-        """The node asks to be part of the next round."""
+    def join(self, node_id: str, master_port: int, now: float, cause: str | None = None) -> None:
+        """The node asks to be part of the next round (``cause``: why, as the node sees it)."""
         node = self.nodes[node_id]
         node.last_seen = now
         node.master_port = master_port
@@ -168,8 +168,8 @@ class Membership:
         self.emit("node_waiting", node=node_id, round=self.current.number if self.current else 0)
         if was_active:
             self.emit("restart", node=node_id, round=self.current.number,
-                      reason="node asked for a new round (its workers restarted)")
-            self._need_round(f"{node_id} restarted its workers", now)
+                      reason=cause or "node asked for a new round")
+            self._need_round(f"{node_id} restarted its workers ({cause or 'no cause given'})", now)
         elif self.current is None:
             self._need_round("initial", now)
         elif self.current.world_size < self.settings.max_nodes:

@@ -212,6 +212,8 @@ class Coordinator:
                 reply = handler(peer, message, now)
         except _Rejected as e:
             peer.send({"id": request_id, "ok": False, "code": e.code, "error": str(e)})
+            if e.code == "rejected":
+                self.events.emit("node_rejected", op=op, error=str(e))
             if op == "hello":
                 peer.writer.close()
             return
@@ -318,7 +320,7 @@ class Coordinator:
             raise _Rejected("closed", f"run '{self.run_id}' is closed; node {node_id} cannot join")
         port = int(message.get("master_port") or 0)
         peer.join_id = message.get("id")
-        self.membership.join(node_id, port, now)
+        self.membership.join(node_id, port, now, cause=message.get("cause"))
         return None  # answered when the round completes
 
     def _op_heartbeat(self, peer: _Peer, message: Message, now: float) -> None:

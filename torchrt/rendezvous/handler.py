@@ -82,9 +82,10 @@ class TorchrtRendezvousHandler(RendezvousHandler):
 
     def next_rendezvous(self) -> RendezvousInfo:
         started = time.monotonic()
+        cause = self._join_cause()
         client = self._connected()
         join_timeout = self._options.join_timeout + 2 * self._options.heartbeat_timeout
-        reply = client.request("join", master_port=get_free_port(), timeout=join_timeout)
+        reply = client.request("join", master_port=get_free_port(), cause=cause, timeout=join_timeout)
         self._round = reply
         self._hint = 0
         store_host = self._host if self._host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -161,6 +162,14 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             client.connect(timeout=self._options.connect_timeout)
             self._client = client
             return client
+
+    def _join_cause(self) -> str:
+        """Why the agent is asking for a round: it cannot tell us, but its past answers can."""
+        if self._round is None:
+            return "first round"
+        if self.num_nodes_waiting() > 0:
+            return "membership changed"
+        return "local workers failed"
 
     def _should_host(self) -> bool:
         if self._options.is_host is not None:

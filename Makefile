@@ -1,0 +1,31 @@
+# Everything a fresh machine needs: `make test` creates .venv, installs torch
+# first (CPU build by default, override with TORCH_SPEC), then the project.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-fast bench-quick clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(VENV)/bin/torchrt doctor
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench-quick: setup
+	$(PY) benchmarks/rendezvous.py --quick --json benchmarks/results-quick.json
+
+clean:
+	rm -rf $(VENV) torchrt_runs .pytest_cache
