@@ -15,8 +15,6 @@ import sys
 import threading
 from pathlib import Path
 
-from torchrt.errors import RendezvousError
-
 logger = logging.getLogger(__name__)
 
 
@@ -64,7 +62,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchrt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="torchrt", description="torchrt: a distributed training runtime "
+                                                                 "for torchrun")
     parser.add_argument("--log-level", default=os.environ.get("TORCHRT_LOG_LEVEL", "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -100,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(args.func(args))
-    except RendezvousError as e:
+    except Exception as e:
+        from torchrt.errors import RendezvousError  # lazily: `doctor` must run on a broken install
+
+        if not isinstance(e, RendezvousError):
+            raise
         print(f"torchrt: {e}", file=sys.stderr)
         return 1
 

@@ -12,8 +12,9 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from torchrt.coordinator.client import ping
-from torchrt.rendezvous.handler import BACKEND_NAME
+# The entry point's name as registered in setup.cfg. Nothing from torchrt is imported at module
+# level: the point of doctor is to report a broken install, not to crash on it.
+BACKEND_NAME = "torchrt"
 
 
 def _check_entry_point() -> str:
@@ -37,6 +38,8 @@ def _check_torchrun_registry() -> str:
 
 
 def _check_endpoint(endpoint: str, token: str | None) -> str:
+    from torchrt.coordinator.client import ping
+
     reply = ping(endpoint, timeout=3, token=token)
     if reply is None:
         raise RuntimeError(f"no torchrt coordinator answers at {endpoint}")

@@ -1,0 +1,88 @@
+"""The ``torchrt`` command line as a user runs it: real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.agents import EXAMPLE, REPO
+from tests.helpers import events, free_port
+
+TORCHRT = [sys.executable, "-m", "launch.cli"]
+
+
+def torchrt(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRT, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, **(env or {})})
+
+
+def test_doctor_passes_when_installed():
+    result = torchrt("doctor")
+    assert result.returncode == 0, result.stderr
+    assert "all checks passed" in result.stdout
+
+
+def test_doctor_fails_loudly_without_a_coordinator():
+    result = torchrt("doctor", "--endpoint", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "FAIL  coordinator answers" in result.stderr
+
+
+def test_doctor_fails_loudly_when_the_plugin_cannot_load(tmp_path):
+    # A broken torchrt package first on the path: torchrun alone would only log a warning.
+    broken = tmp_path / "shadow" / "torchrt"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('simulated broken install')\n")
+    result = torchrt("doctor", env={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert result.returncode == 1
+    assert "FAIL  entry point" in result.stderr and "simulated broken install" in result.stderr
+
+
+def test_standalone_coordinator_status_and_clean_stop(tmp_path):
+    port = free_port()
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*TORCHRT, "coordinator", "--bind", f"127.0.0.1:{port}", "--run-dir", str(run_dir),
+                             "--run-id", "cli-job"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert "listening on 127.0.0.1:" in proc.stdout.readline()
+        status = torchrt("status", "--endpoint", f"127.0.0.1:{port}")
+        assert status.returncode == 0, status.stderr
+        assert "run cli-job" in status.stdout and "no round formed yet" in status.stdout
+        raw = torchrt("status", "--endpoint", f"127.0.0.1:{port}", "--json")
+        assert json.loads(raw.stdout)["state"]["coordinator"]["run_id"] == "cli-job"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert [e["type"] for e in events(run_dir)][-1] == "shutdown"
+    assert json.loads((run_dir / "coordinator.json").read_text())["port"] == port
+
+
+def test_run_rejects_bad_config_with_exit_2(tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("job: {name: x}\nnodes: {min: 1, nproc_per_node: two}\n"
+                      f"entrypoint: {{script: {EXAMPLE}}}\n")
+    result = torchrt("run", str(config))
+    assert result.returncode == 2
+    assert str(config) in result.stderr and "nodes.nproc_per_node" in result.stderr
+
+
+@pytest.mark.slow
+def test_run_executes_a_config_end_to_end(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    run_dir = tmp_path / "run"
+    result = torchrt("run", str(REPO / "configs" / "allreduce.yaml"),
+                     "--set", f"rendezvous.endpoint=127.0.0.1:{free_port()}", "--set", f"job.run_dir={run_dir}",
+                     "--set", "nodes.max=1", env={"RESULT_DIR": str(results)}, timeout=180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = sorted(json.loads(p.read_text())["rank"] for p in results.glob("rank*.json"))
+    assert ranks == [0, 1]
+    kinds = [e["type"] for e in events(run_dir)]
+    assert kinds[0] == "coordinator_started" and kinds[-1] == "shutdown" and "round_completed" in kinds
+    assert not Path(run_dir, "coordinator.log").read_text().count("Traceback")
