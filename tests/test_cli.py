@@ -17,8 +17,9 @@ from tests.helpers import events, free_port
 TORCHRT = [sys.executable, "-m", "launch.cli"]
 
 
-def torchrt(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRT, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+def torchrt(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRT, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})})
 
 
@@ -39,7 +40,7 @@ def test_doctor_fails_loudly_when_the_plugin_cannot_load(tmp_path):
     broken = tmp_path / "shadow" / "torchrt"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('simulated broken install')\n")
-    result = torchrt("doctor", env={"PYTHONPATH": str(tmp_path / "shadow")})
+    result = torchrt("doctor", env={"PYTHONPATH": str(tmp_path / "shadow")}, cwd=tmp_path)
     assert result.returncode == 1
     assert "FAIL  entry point" in result.stderr and "simulated broken install" in result.stderr
 
