@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from torchrt.protocol import parse_endpoint
-from torchrt.rendezvous.options import BACKENDS
+from torchrt.rendezvous.options import BACKENDS, RendezvousOptions
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 _REQUIRED: Any = object()
+_RDZV = RendezvousOptions()  # the rendezvous section's defaults are the handler's
 
 
 class ConfigError(ValueError):
@@ -211,12 +212,12 @@ class RendezvousSection:
 
     endpoint: str = "127.0.0.1:29400"
     token: str | None = None
-    backend: str = "auto"
-    last_call_timeout: float = 1.0
-    rejoin_timeout: float = 30.0
-    join_timeout: float = 900.0
-    heartbeat_interval: float = 0.5
-    heartbeat_timeout: float = 2.5
+    backend: str = _RDZV.pg_backend
+    last_call_timeout: float = _RDZV.last_call_timeout
+    rejoin_timeout: float = _RDZV.rejoin_timeout
+    join_timeout: float = _RDZV.join_timeout
+    heartbeat_interval: float = _RDZV.heartbeat_interval
+    heartbeat_timeout: float = _RDZV.heartbeat_timeout
     is_host: bool | None = None
 
     @classmethod
@@ -230,14 +231,14 @@ class RendezvousSection:
             raise s.expected("endpoint", "HOST:PORT")
         token = s.string("token")
         _check_conf_value(s, "token", token)
-        interval = s.number("heartbeat_interval", 0.5, gt=0)
+        interval = s.number("heartbeat_interval", cls.heartbeat_interval, gt=0)
         return cls(endpoint=endpoint, token=token,
-                   backend=s.choice("backend", BACKENDS, "auto"),
-                   last_call_timeout=s.number("last_call_timeout", 1.0, ge=0),
-                   rejoin_timeout=s.number("rejoin_timeout", 30.0, ge=0),
-                   join_timeout=s.number("join_timeout", 900.0, gt=0),
+                   backend=s.choice("backend", BACKENDS, cls.backend),
+                   last_call_timeout=s.number("last_call_timeout", cls.last_call_timeout, ge=0),
+                   rejoin_timeout=s.number("rejoin_timeout", cls.rejoin_timeout, ge=0),
+                   join_timeout=s.number("join_timeout", cls.join_timeout, gt=0),
                    heartbeat_interval=interval,
-                   heartbeat_timeout=s.number("heartbeat_timeout", 2.5, gt=interval,
+                   heartbeat_timeout=s.number("heartbeat_timeout", cls.heartbeat_timeout, gt=interval,
                                               bound="rendezvous.heartbeat_interval"),
                    is_host=s.optional_bool("is_host"))
 
