@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -187,3 +188,14 @@ def test_garbage_and_wrong_version_get_protocol_errors(coordinator):
     client = CoordinatorClient(coordinator.endpoint, role="node", hello={"version": PROTOCOL_VERSION + 1})
     with pytest.raises(Exception, match="protocol version"):
         client.connect(timeout=5)
+
+
+def test_a_stale_token_in_the_environment_does_not_reach_workers(coordinator, monkeypatch):
+    # Regression: a TORCHRT_TOKEN left in the agent's environment (here by an earlier job in the
+    # same process) was inherited by workers, whose telemetry connection was then rejected.
+    monkeypatch.setenv("TORCHRT_TOKEN", "stale")
+    h = handler(coordinator.endpoint)
+    h.next_rendezvous()
+    assert "TORCHRT_TOKEN" not in os.environ
+    assert os.environ["TORCHRT_ROUND"] == "1" and os.environ["TORCHRT_BACKEND"] == "gloo"
+    h.shutdown()

@@ -209,10 +209,13 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             "NODE_ID": self.node_id,
             "RUN_DIR": str(self._client.welcome.get("run_dir", "")) if self._client else "",
         }
-        if self._options.token:
-            env["TOKEN"] = self._options.token
         for key, value in env.items():
             os.environ[ENV_PREFIX + key] = value
+        # Set or remove: a token left in the environment by anything else must not reach workers.
+        if self._options.token:
+            os.environ[ENV_PREFIX + "TOKEN"] = self._options.token
+        else:
+            os.environ.pop(ENV_PREFIX + "TOKEN", None)
 
 
 __all__ = ["BACKEND_NAME", "TorchrtRendezvousHandler"]

@@ -1,0 +1,17 @@
+"""Test-wide fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_torchrt_environment():
+    """Handlers run in-process export TORCHRT_* variables; keep them from leaking into later tests."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("TORCHRT_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("TORCHRT_")]:
+        del os.environ[key]
+    os.environ.update(before)
