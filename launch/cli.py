@@ -52,7 +52,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from launch.status import print_status
 
     return print_status(args.endpoint, token=args.token or os.environ.get("TORCHRT_TOKEN"),
-                        events=args.events, as_json=args.json)
+                        events=args.events, as_json=args.json, follow=args.follow)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--token", default=None)
     status.add_argument("--events", type=int, default=15, help="how many recent events to show")
     status.add_argument("--json", action="store_true", help="print the raw state as JSON")
+    status.add_argument("--follow", action="store_true", help="then print events live as they happen")
     status.set_defaults(func=_cmd_status)
 
     doctor = sub.add_parser("doctor", help="check that torchrun sees the plug-in and the endpoint answers")

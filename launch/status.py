@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from torchrt.coordinator.client import CoordinatorClient
@@ -64,10 +65,39 @@ def _details(event: dict[str, Any]) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-def print_status(endpoint: str, token: str | None, events: int, as_json: bool) -> int:
+def format_event(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+    return f"{event['seq']:>6}  {stamp}  {event['type']:<18}  {_details(event)}"
+
+
+def follow_events(endpoint: str, token: str | None, since: int, emit: Callable[[str], None] = print) -> None:
+    """Print every event after ``since`` as the coordinator pushes it, until it goes away."""
+
+    def on_push(message: dict[str, Any]) -> None:
+        if message.get("push") == "event":
+            emit(format_event(message["event"]))
+
+    client = CoordinatorClient(endpoint, role="observer", token=token, on_push=on_push)
+    try:
+        client.connect(timeout=5)
+        for event in client.request("subscribe", since=since)["events"]:
+            emit(format_event(event))
+        client.lost.wait()
+    finally:
+        client.close()
+
+
+def print_status(endpoint: str, token: str | None, events: int, as_json: bool, follow: bool = False) -> int:
     reply = fetch_status(endpoint, token, events)
     if as_json:
         print(json.dumps({"state": reply["state"], "events": reply["events"]}, indent=1))
     else:
         print(render_status(reply))
+    if follow:
+        last = max((e["seq"] for e in reply["events"]), default=0)
+        print("-- following events (Ctrl-C to stop) --", flush=True)
+        try:
+            follow_events(endpoint, token, last, emit=lambda line: print(line, flush=True))
+        except KeyboardInterrupt:
+            pass
     return 0

@@ -199,3 +199,26 @@ def test_a_stale_token_in_the_environment_does_not_reach_workers(coordinator, mo
     assert "TORCHRT_TOKEN" not in os.environ
     assert os.environ["TORCHRT_ROUND"] == "1" and os.environ["TORCHRT_BACKEND"] == "gloo"
     h.shutdown()
+
+
+def test_subscribers_get_past_and_live_events_pushed(coordinator):
+    pushed: list[dict] = []
+    got_round = threading.Event()
+
+    def on_push(message):
+        if message.get("push") == "event":
+            pushed.append(message["event"])
+            if message["event"]["type"] == "round_completed":
+                got_round.set()
+
+    watcher = CoordinatorClient(coordinator.endpoint, role="observer", on_push=on_push)
+    watcher.connect(timeout=5)
+    backlog = watcher.request("subscribe", since=0)["events"]
+    assert backlog[0]["type"] == "coordinator_started"
+    h = handler(coordinator.endpoint)
+    h.next_rendezvous()
+    assert got_round.wait(5), "round_completed was not pushed"
+    seqs = [e["seq"] for e in backlog + pushed]
+    assert seqs == list(range(1, len(seqs) + 1)), "no gap and no repeat between backlog and live events"
+    h.shutdown()
+    watcher.close()

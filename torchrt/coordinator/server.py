@@ -91,6 +91,7 @@ class Coordinator:
         self.heartbeat_timeout = DEFAULT_HEARTBEAT_TIMEOUT
         self._job: dict[str, Any] | None = None
         self._peers: set[_Peer] = set()
+        self._subscribers: set[_Peer] = set()
         self._node_peers: dict[str, _Peer] = {}
         self._broadcast_key: tuple[Any, ...] | None = None
         self._state_dirty = True
@@ -118,6 +119,7 @@ class Coordinator:
         write_json_atomic(Path(self.config.run_dir) / COORDINATOR_FILE, self._describe())
         self.events.emit("coordinator_started", endpoint=self.endpoint, store_port=self.store_port,
                          pid=os.getpid(), run_id=self.run_id)
+        self.events.subscribe(self._push_event)
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,),
                                         name="torchrt-coordinator", daemon=True)
@@ -189,6 +191,7 @@ class Coordinator:
             logger.debug("connection dropped: %s", e)
         finally:
             self._peers.discard(peer)
+            self._subscribers.discard(peer)
             writer.close()
             if peer.role == "worker" and peer.worker is not None:
                 self.events.emit("worker_stopped", **{k: peer.worker.get(k) for k in ("rank", "node_id", "pid")})
@@ -344,6 +347,17 @@ class Coordinator:
     def _op_status(self, peer: _Peer, message: Message, now: float) -> Message:
         limit = int(message.get("events", 20))
         return {"state": self.snapshot(), "events": self.events.recent(limit)}
+
+    def _op_subscribe(self, peer: _Peer, message: Message, now: float) -> Message:
+        """Live event stream: the reply carries what is still in memory after ``since``,
+        then every new event is pushed as ``{"push": "event", "event": {...}}``."""
+        since = int(message.get("since", 0))
+        self._subscribers.add(peer)
+        return {"events": [e for e in self.events.recent(0) if e["seq"] > since]}
+
+    def _push_event(self, event: dict[str, Any]) -> None:
+        for peer in list(self._subscribers):
+            peer.send({"push": "event", "event": event})
 
     def _op_ping(self, peer: _Peer, message: Message, now: float) -> Message:
         return {"version": PROTOCOL_VERSION, "torch": torch.__version__}
