@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+from torchrt.telemetry import set_reporter
+
+from tests.helpers import RecordingReporter
+
 
 @pytest.fixture(autouse=True)
 def _restore_torchrt_environment():
@@ -15,3 +19,12 @@ def _restore_torchrt_environment():
     for key in [k for k in os.environ if k.startswith("TORCHRT_")]:
         del os.environ[key]
     os.environ.update(before)
+
+
+@pytest.fixture
+def recorder():
+    """Install a RecordingReporter process-wide for the test."""
+    rec = RecordingReporter()
+    previous = set_reporter(rec)
+    yield rec
+    set_reporter(previous)

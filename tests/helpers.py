@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchrt.telemetry import NullReporter
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,3 +43,28 @@ def events(run_dir: Path, type: str | None = None) -> list[dict]:
         if type is None or event["type"] == type:
             out.append(event)
     return out
+
+
+class RecordingReporter(NullReporter):
+    """A Reporter that keeps what is emitted (what the coordinator would receive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict] = []
+
+    def emit(self, type: str, **fields) -> None:
+        self.events.append({"type": type, **fields})
+
+    def of(self, type: str) -> list[dict]:
+        return [e for e in self.events if e["type"] == type]
+
+
+class ManualClock:
+    """A clock tests advance by hand (``clock.now += 2``) instead of sleeping."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+

@@ -1,0 +1,153 @@
+"""Declarations (DataSpec, the config's data section, the registry) and the telemetry the coordinator folds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.helpers import ManualClock
+from torchrt.data import events as ev
+from torchrt.data.errors import DataConfigError, DataNotFoundError
+from torchrt.data.registry import DatasetRegistry, build_pipeline, open_source
+from torchrt.data.spec import DataSpec, parse_data_section
+
+
+class Squares(torch.utils.data.Dataset):
+    def __init__(self, n: int = 10) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(i * i)]), i % 2
+
+
+def make_squares(n: int) -> Squares:
+    return Squares(n)
+
+
+def test_spec_validation_names_dataset_and_field():
+    with pytest.raises(DataConfigError, match=r"dataset 'd': batch_size: expected an integer >= 1, got 0"):
+        DataSpec(name="d", kind="digits", batch_size=0)
+    with pytest.raises(DataConfigError, match="kind: expected one of map, shards, digits, synthetic"):
+        DataSpec(name="d", kind="csv")  # type: ignore[arg-type]
+    with pytest.raises(DataConfigError, match="options.sise: unknown option for kind 'synthetic'"):
+        DataSpec(name="d", kind="synthetic", options={"size": 3, "sise": 4})
+    with pytest.raises(DataConfigError, match="options.size"):
+        DataSpec(name="d", kind="synthetic")
+    with pytest.raises(DataConfigError, match="path: a 'shards' dataset needs"):
+        DataSpec(name="d", kind="shards")
+    with pytest.raises(DataConfigError, match="worker_mode"):
+        DataSpec(name="d", kind="digits", worker_mode="fibers")  # type: ignore[arg-type]
+
+
+def test_data_section_from_config():
+    specs = parse_data_section([
+        {"name": "digits", "kind": "digits", "batch_size": 64, "drop_last": False, "workers": None},
+        {"name": "synth", "kind": "synthetic", "options": {"size": 1000, "shape": [3, 32, 32]},
+         "worker_mode": "processes", "preview_interval": 0},
+    ])
+    assert [s.name for s in specs] == ["digits", "synth"]
+    assert specs[0].tail == "pad" and specs[0].workers == 2  # null takes the default
+    assert specs[1].options["shape"] == [3, 32, 32] and specs[1].preview_interval == 0
+    by_name = parse_data_section({"digits": {"kind": "digits"}})
+    assert by_name[0].name == "digits"
+    with pytest.raises(DataConfigError, match="dataset 'x': batchsize: unknown key"):
+        parse_data_section([{"name": "x", "kind": "digits", "batchsize": 3}])
+    with pytest.raises(DataConfigError, match="dataset 'x': declared twice"):
+        parse_data_section([{"name": "x", "kind": "digits"}, {"name": "x", "kind": "digits"}])
+    with pytest.raises(DataConfigError, match="kind: required"):
+        parse_data_section({"x": {}})
+
+
+def test_registry_declares_by_name(tmp_path):
+    reg = DatasetRegistry()
+    reg.load([{"name": "digits", "kind": "digits"}])
+    spec = reg.register(name="sq", kind="map", path="tests.test_data_registry:make_squares", options={"n": 6})
+    assert reg.names() == ["digits", "sq"] and reg.get("sq") is spec and "digits" in reg
+    reg.register(DataSpec(name="digits", kind="digits"))  # same declaration again: fine
+    with pytest.raises(DataConfigError, match="declared twice with different settings"):
+        reg.register(DataSpec(name="digits", kind="digits", batch_size=3))
+    with pytest.raises(DataConfigError, match=r"dataset 'nope': not declared \(declared: digits, sq\)"):
+        reg.get("nope")
+    pipe = reg.pipeline("sq", rank=0, world_size=1, announce=False)
+    assert len(pipe.source) == 6 and len(pipe) == 0  # 6 samples cannot fill one batch of 32 under drop_tail
+    assert list(pipe) == [] and pipe.epoch == 1
+    with pytest.raises(DataNotFoundError) as info:
+        open_source(DataSpec(name="imagenet", kind="shards", path=str(tmp_path / "missing")))
+    assert info.value.dataset == "imagenet" and info.value.file == str(tmp_path / "missing")
+    with pytest.raises(DataConfigError, match="cannot be imported"):
+        open_source(DataSpec(name="m", kind="map", path="tests.test_data_registry:nothing"))
+
+
+def test_map_kind_in_code_and_from_a_factory():
+    in_code = build_pipeline(DataSpec(name="sq", kind="map", dataset=Squares(8), batch_size=4, shuffle=False,
+                                      workers=0, preview_interval=None), 0, 1, announce=False)
+    batches = list(in_code)
+    assert batches[1]["input"].flatten().tolist() == [16.0, 25.0, 36.0, 49.0]
+    assert batches[1]["target"].tolist() == [0, 1, 0, 1]
+
+
+def test_build_pipeline_registers_and_reports_progress_that_folds_into_the_registry(recorder):
+    clock = ManualClock()
+    spec = DataSpec(name="digits", kind="digits", batch_size=100, tail="pad", workers=0, report_interval=5.0,
+                    preview_interval=2.0)
+    world = 3
+    pipes = [build_pipeline(spec, r, world, clock=clock) for r in range(world)]
+    registered = recorder.of(ev.DATASET_REGISTERED)
+    assert [e["rank"] for e in registered] == [0, 1, 2]
+    first = registered[0]
+    assert (first["dataset"], first["size"], first["batch_size"], first["world_size"]) == ("digits", 1797, 100, 3)
+    assert first["shards"] is None and first["fields"]["input"] == {"dtype": "float32", "shape": [1, 8, 8]}
+    assert first["assignment"]["steps"] == 6 and first["assignment"]["samples"] == 599
+    its = [iter(p) for p in pipes]
+    for _ in range(6):
+        for it in its:
+            next(it)
+        clock.now += 1.0
+    for it in its:
+        assert next(it, None) is None
+    progress = recorder.of(ev.DATA_PROGRESS)
+    assert any(not e["done"] for e in progress), "periodic reports while the epoch runs"
+    assert [e["done"] for e in progress if e["rank"] == 0][-1] is True
+    timing = recorder.of(ev.DATA_TIMING)
+    assert timing and {"read_s", "map_s", "wait_s", "wait_fraction", "samples_per_s"} <= set(timing[0])
+    previews = recorder.of(ev.DATA_PREVIEW)
+    assert previews  # the preview tap is rate limited; its own tests check the limit
+    assert json.loads(json.dumps(recorder.events)) == recorder.events  # what the coordinator's JSON lines carry
+    view = ev.registry_view(recorder.events)["digits"]
+    assert view["size"] == 1797 and view["world_size"] == 3 and (view["epoch"], view["position"]) == (1, 0)
+    assert {r: v["samples"] for r, v in view["ranks"].items()} == {0: {0: 599}, 1: {0: 599}, 2: {0: 599}}
+    assert view["ranks"][1]["assignment"]["rank"] == 1 and set(view["timing"]) == {0, 1, 2}
+
+
+def test_registry_view_adds_counts_across_a_restart_at_another_world_size(recorder):
+    clock = ManualClock()
+    spec = DataSpec(name="d", kind="synthetic", options={"size": 100, "shape": [2]}, batch_size=10, workers=0,
+                    tail="pad", preview_interval=None, report_interval=0.0)
+    first = [build_pipeline(spec, r, 2, clock=clock) for r in range(2)]
+    its = [iter(p) for p in first]
+    for _ in range(2):
+        for it in its:
+            next(it)
+    state = first[0].state_dict()
+    for p in first:
+        p.close()
+    second = [build_pipeline(spec, r, 4, clock=clock) for r in range(4)]
+    for p in second:
+        p.load_state_dict(state)
+        list(p)
+    view = ev.registry_view(recorder.events)["d"]
+    total = sum(n for r in view["ranks"].values() for n in r["samples"].values())
+    assert total == 100 and view["world_size"] == 4
+    assert [(r["saved_world_size"], r["world_size"], r["position"]) for r in view["resumes"]] == [(2, 4, 40)] * 4
+    assert view["ranks"][0]["samples"] == {0: 20 + 15}
+
+
+def test_registry_view_ignores_foreign_and_malformed_events():
+    assert ev.registry_view([{"type": "barrier"}, {"type": ev.DATA_PROGRESS, "dataset": "x", "rank": "0"},
+                             {"type": ev.DATA_PROGRESS}]) == {
+        "x": {"name": "x", "ranks": {}, "epoch": 0, "position": 0, "resumes": [], "timing": {}, "preview": {}}}

@@ -1,0 +1,170 @@
+"""The data layer's telemetry: event names, the worker-side emitter, and the coordinator-side fold.
+
+Events (all sent with ``get_reporter().emit``, which never blocks; fields are
+documented in ``docs/data.md``):
+
+``dataset_registered``  a rank built a pipeline: size, shards, fields, batch size, world size, and which
+                        part of the epoch this rank reads (``assignment``)
+``data_resumed``        a rank loaded a saved state (epoch, global position, the saving job's world size)
+``data_progress``       every ``interval`` seconds and at the end of an epoch: global position, this
+                        rank's samples consumed in the epoch
+``data_timing``         same cadence: seconds spent reading, mapping and waiting for data in the window
+``data_preview``        a sample rendering (see :mod:`torchrt.data.preview`)
+
+:func:`registry_view` folds these events (as the coordinator records them) into
+one record per dataset; it imports nothing heavy so the coordinator can use it.
+Each pipeline instance carries a random ``session`` id, so per-rank sample
+counts add up correctly across restarts (a new process counts from zero).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torchrt.telemetry import get_reporter
+
+__all__ = [
+    "DATASET_REGISTERED",
+    "DATA_PREVIEW",
+    "DATA_PROGRESS",
+    "DATA_RESUMED",
+    "DATA_TIMING",
+    "DataEvents",
+    "registry_view",
+]
+
+DATASET_REGISTERED = "dataset_registered"
+DATA_RESUMED = "data_resumed"
+DATA_PROGRESS = "data_progress"
+DATA_TIMING = "data_timing"
+DATA_PREVIEW = "data_preview"
+
+
+class DataEvents:
+    """Per-pipeline emitter: registration, resume, and windowed progress/timing reports."""
+
+    def __init__(self, dataset: str, rank: int, world_size: int, *, interval: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.dataset, self.rank, self.world_size = dataset, rank, world_size
+        self.interval = interval
+        self.clock = clock
+        self.session = os.urandom(4).hex()
+        self._epoch_samples: dict[int, int] = {}
+        self._epoch_padded: dict[int, int] = {}
+        self._window_start = clock()
+        self._reset_window()
+
+    def _emit(self, type: str, **fields: Any) -> None:
+        get_reporter().emit(type, dataset=self.dataset, rank=self.rank, world_size=self.world_size,
+                            session=self.session, **fields)
+
+    def registered(self, **fields: Any) -> None:
+        self._emit(DATASET_REGISTERED, **fields)
+
+    def resumed(self, **fields: Any) -> None:
+        self._emit(DATA_RESUMED, **fields)
+
+    def _reset_window(self) -> None:
+        self._batches = self._samples = 0
+        self._read_s = self._map_s = self._wait_s = 0.0
+
+    def step(self, *, epoch: int, position: int, size: int, step: int, steps: int, real: int, padded: int,
+             read_s: float, map_s: float, wait_s: float) -> None:
+        """Account one delivered batch; emit progress and timing when the window is over."""
+        self._epoch_samples[epoch] = self._epoch_samples.get(epoch, 0) + real
+        self._epoch_padded[epoch] = self._epoch_padded.get(epoch, 0) + padded
+        self._batches += 1
+        self._samples += real
+        self._read_s += read_s
+        self._map_s += map_s
+        self._wait_s += wait_s
+        if self.clock() - self._window_start >= self.interval:
+            self.report(epoch=epoch, position=position, size=size, step=step, steps=steps, done=False)
+
+    @property
+    def pending(self) -> bool:
+        """Batches were served since the last report."""
+        return self._batches > 0
+
+    def report(self, *, epoch: int, position: int, size: int, step: int, steps: int, done: bool) -> None:
+        """Emit ``data_progress`` and (if any batch was served in the window) ``data_timing`` now."""
+        now = self.clock()
+        self._emit(DATA_PROGRESS, epoch=epoch, position=position, size=size, step=step, steps=steps,
+                   samples=self._epoch_samples.get(epoch, 0), padded=self._epoch_padded.get(epoch, 0), done=done)
+        if self._batches:
+            window = max(now - self._window_start, 1e-9)
+            per = 1000.0 / self._batches
+            self._emit(DATA_TIMING, epoch=epoch, window_s=round(window, 4), batches=self._batches,
+                       samples=self._samples, read_s=round(self._read_s, 6), map_s=round(self._map_s, 6),
+                       wait_s=round(self._wait_s, 6), read_ms_per_batch=round(self._read_s * per, 3),
+                       map_ms_per_batch=round(self._map_s * per, 3), wait_ms_per_batch=round(self._wait_s * per, 3),
+                       samples_per_s=round(self._samples / window, 1),
+                       wait_fraction=round(min(self._wait_s / window, 1.0), 4))
+        self._window_start = now
+        self._reset_window()
+
+
+def registry_view(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Fold data events, in order, into ``{dataset: record}`` (what the monitor shows).
+
+    A record holds the facts of the last ``dataset_registered`` (kind, path,
+    size, shards, fields, batch size, world size, tail policy, shuffle, seed),
+    ``ranks: {rank: {"assignment", "epoch", "position", "samples": {epoch: n}}}``,
+    the job's ``epoch`` and ``position`` (the furthest reported), ``resumes``
+    (``data_resumed`` events), and the last ``timing`` and ``preview`` per rank.
+    Unknown or malformed events are ignored.
+    """
+    view: dict[str, dict[str, Any]] = {}
+    counted: dict[tuple[str, int, str, int], int] = {}  # (dataset, rank, session, epoch) -> samples reported
+    for event in events:
+        kind, name = event.get("type"), event.get("dataset")
+        if not isinstance(name, str) or kind not in (DATASET_REGISTERED, DATA_RESUMED, DATA_PROGRESS,
+                                                      DATA_TIMING, DATA_PREVIEW):
+            continue
+        record = view.setdefault(name, {"name": name, "ranks": {}, "epoch": 0, "position": 0, "resumes": [],
+                                        "timing": {}, "preview": {}})
+        rank = event.get("rank")
+        if not isinstance(rank, int):
+            continue
+        ranks = record["ranks"].setdefault(rank, {"samples": {}, "epoch": 0, "position": 0, "assignment": None})
+        if kind == DATASET_REGISTERED:
+            for key in ("kind", "path", "size", "shards", "fields", "batch_size", "world_size", "tail", "shuffle",
+                        "seed", "workers", "worker_mode"):
+                if key in event:
+                    record[key] = event[key]
+            ranks["assignment"] = event.get("assignment")
+            _advance(record, ranks, event)
+        elif kind == DATA_RESUMED:
+            record["resumes"].append({k: event.get(k) for k in ("rank", "epoch", "position", "world_size",
+                                                                 "saved_world_size")})
+            ranks["assignment"] = event.get("assignment", ranks["assignment"])
+            _advance(record, ranks, event, rewind=True)
+        elif kind == DATA_PROGRESS:
+            epoch, samples, session = event.get("epoch"), event.get("samples"), str(event.get("session"))
+            if isinstance(epoch, int) and isinstance(samples, int):
+                key = (name, rank, session, epoch)
+                delta = samples - counted.get(key, 0)
+                counted[key] = samples
+                ranks["samples"][epoch] = ranks["samples"].get(epoch, 0) + delta
+            _advance(record, ranks, event)
+        elif kind == DATA_TIMING:
+            record["timing"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
+        else:
+            record["preview"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
+    return view
+
+
+def _advance(record: dict[str, Any], ranks: dict[str, Any], event: dict[str, Any], rewind: bool = False) -> None:
+    """Move the job's and the rank's (epoch, position) forward; a resume may also move them back."""
+    epoch, position = event.get("epoch"), event.get("position")
+    if not isinstance(epoch, int) or not isinstance(position, int):
+        return
+    if event.get("done"):
+        epoch, position = epoch + 1, 0
+    if rewind or (epoch, position) >= (ranks["epoch"], ranks["position"]):
+        ranks["epoch"], ranks["position"] = epoch, position
+    if rewind or (epoch, position) >= (record["epoch"], record["position"]):
+        record["epoch"], record["position"] = epoch, position
