@@ -34,6 +34,7 @@ import torch.distributed as dist
 
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
 from torchrt.coordinator.run_dir import COORDINATOR_FILE, STATE_FILE, EventLog, write_json_atomic
+from torchrt.data.events import DATA_PREVIEW, RegistryFold
 from torchrt.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, Message, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_TIMEOUT = 2.5
 _ROLES = ("node", "worker", "observer")
 _MEMBERSHIP_OPS = ("hello", "join", "leave", "close")
+# Frequent, bulky and only interesting live (sample thumbnails): folded into state, pushed to
+# subscribers, but not appended to events.jsonl.
+EPHEMERAL_EVENTS = (DATA_PREVIEW,)
 
 
 @dataclasses.dataclass
@@ -92,6 +96,7 @@ class Coordinator:
         self._job: dict[str, Any] | None = None
         self._peers: set[_Peer] = set()
         self._subscribers: set[_Peer] = set()
+        self._datasets = RegistryFold()
         self._node_peers: dict[str, _Peer] = {}
         self._broadcast_key: tuple[Any, ...] | None = None
         self._state_dirty = True
@@ -365,9 +370,17 @@ class Coordinator:
     def _op_telemetry(self, peer: _Peer, message: Message, now: float) -> Message:
         source = {k: peer.worker[k] for k in ("rank", "node_id") if peer.worker and k in peer.worker}
         for event in message.get("events") or []:
-            if isinstance(event, dict) and isinstance(event.get("type"), str):
-                fields = {k: v for k, v in event.items() if k not in ("type", "seq", "ts")}
-                self.events.emit(event["type"], **{**source, **fields})
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                continue
+            fields = {k: v for k, v in event.items() if k not in ("type", "seq", "ts")}
+            if event["type"] in EPHEMERAL_EVENTS:  # kept in state and pushed live, not logged
+                preview = {"type": event["type"], "ts": event.get("ts", time.time()), **source, **fields}
+                self._datasets.apply(preview)
+                for subscriber in list(self._subscribers):
+                    subscriber.send({"push": "preview", "event": preview})
+            else:
+                self._datasets.apply(self.events.emit(event["type"], **{**source, **fields}))
+        self._state_dirty = True
         return {}
 
     # --------------------------------------------------------------- decisions
@@ -446,7 +459,7 @@ class Coordinator:
         workers = [p.worker for p in self._peers if p.role == "worker" and p.worker]
         return {"coordinator": self._describe(), "membership": membership,
                 "workers": sorted(workers, key=lambda w: w.get("rank", 0)),
-                "written_at": time.time()}
+                "datasets": self._datasets.view, "written_at": time.time()}
 
     def _write_state(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -32,7 +32,9 @@ __all__ = [
     "DATA_PROGRESS",
     "DATA_RESUMED",
     "DATA_TIMING",
+    "DATA_EVENTS",
     "DataEvents",
+    "RegistryFold",
     "registry_view",
 ]
 
@@ -41,6 +43,7 @@ DATA_RESUMED = "data_resumed"
 DATA_PROGRESS = "data_progress"
 DATA_TIMING = "data_timing"
 DATA_PREVIEW = "data_preview"
+DATA_EVENTS = (DATASET_REGISTERED, DATA_RESUMED, DATA_PROGRESS, DATA_TIMING, DATA_PREVIEW)
 
 
 class DataEvents:
@@ -108,7 +111,15 @@ class DataEvents:
 
 
 def registry_view(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Fold data events, in order, into ``{dataset: record}`` (what the monitor shows).
+    """Fold data events, in order, into ``{dataset: record}`` (see :class:`RegistryFold`)."""
+    fold = RegistryFold()
+    for event in events:
+        fold.apply(event)
+    return fold.view
+
+
+class RegistryFold:
+    """The data registry as the coordinator keeps it: events applied one at a time, as they arrive.
 
     A record holds the facts of the last ``dataset_registered`` (kind, path,
     size, shards, fields, batch size, world size, tail policy, shuffle, seed),
@@ -117,18 +128,23 @@ def registry_view(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]
     (``data_resumed`` events), and the last ``timing`` and ``preview`` per rank.
     Unknown or malformed events are ignored.
     """
-    view: dict[str, dict[str, Any]] = {}
-    counted: dict[tuple[str, int, str, int], int] = {}  # (dataset, rank, session, epoch) -> samples reported
-    for event in events:
+
+    def __init__(self) -> None:
+        self.view: dict[str, dict[str, Any]] = {}
+        # (dataset, rank, session, epoch) -> samples that session has reported so far
+        self._counted: dict[tuple[str, int, str, int], int] = {}
+
+    def apply(self, event: dict[str, Any]) -> bool:
+        """Apply one event; False when it is not a (well-formed) data event."""
         kind, name = event.get("type"), event.get("dataset")
-        if not isinstance(name, str) or kind not in (DATASET_REGISTERED, DATA_RESUMED, DATA_PROGRESS,
-                                                      DATA_TIMING, DATA_PREVIEW):
-            continue
+        if not isinstance(name, str) or kind not in DATA_EVENTS:
+            return False
+        view, counted = self.view, self._counted
         record = view.setdefault(name, {"name": name, "ranks": {}, "epoch": 0, "position": 0, "resumes": [],
                                         "timing": {}, "preview": {}})
         rank = event.get("rank")
         if not isinstance(rank, int):
-            continue
+            return False
         ranks = record["ranks"].setdefault(rank, {"samples": {}, "epoch": 0, "position": 0, "assignment": None})
         if kind == DATASET_REGISTERED:
             for key in ("kind", "path", "size", "shards", "fields", "batch_size", "world_size", "tail", "shuffle",
@@ -154,7 +170,7 @@ def registry_view(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]
             record["timing"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
         else:
             record["preview"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
-    return view
+        return True
 
 
 def _advance(record: dict[str, Any], ranks: dict[str, Any], event: dict[str, Any], rewind: bool = False) -> None:
