@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from torchrt.config import ConfigError, JobConfig, load_config
+from torchrt.config import ConfigError, JobConfig, config_environment, load_config
 from torchrt.coordinator.client import ping
 from torchrt.errors import CoordinatorUnavailableError, RendezvousError
 from torchrt.protocol import parse_endpoint
@@ -93,7 +93,7 @@ def run_config(path: str, overrides: Sequence[str] = ()) -> int:
         except _StartError as e:
             print(f"torchrt: {e}", file=sys.stderr)
             return 1
-        return _run_torchrun(config, is_host=False if found else config.rendezvous.is_host)
+        return _run_torchrun(config, overrides, is_host=False if found else config.rendezvous.is_host)
     finally:
         if coordinator is not None:
             _stop(coordinator)
@@ -156,9 +156,9 @@ def _ensure_coordinator(config: JobConfig) -> tuple[bool, subprocess.Popen[bytes
         raise
 
 
-def _run_torchrun(config: JobConfig, is_host: bool | None) -> int:
+def _run_torchrun(config: JobConfig, overrides: Sequence[str], is_host: bool | None) -> int:
     argv = torchrun_argv(config, is_host=is_host)
-    env = {**os.environ, **config.entrypoint.env}
+    env = {**os.environ, **config_environment(config.path, overrides), **config.entrypoint.env}
     logger.info("running %s", " ".join(argv))
     # Own session: a terminal's Ctrl-C reaches torchrun once, through the forwarding below.
     proc = subprocess.Popen(argv, env=env, start_new_session=True)

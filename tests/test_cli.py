@@ -87,3 +87,19 @@ def test_run_executes_a_config_end_to_end(tmp_path):
     kinds = [e["type"] for e in events(run_dir)]
     assert kinds[0] == "coordinator_started" and kinds[-1] == "shutdown" and "round_completed" in kinds
     assert not Path(run_dir, "coordinator.log").read_text().count("Traceback")
+
+
+@pytest.mark.slow
+def test_run_trains_on_the_config_datasets(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    run_dir = tmp_path / "run"
+    result = torchrt("run", str(REPO / "configs" / "digits.yaml"),
+                     "--set", f"rendezvous.endpoint=127.0.0.1:{free_port()}", "--set", f"job.run_dir={run_dir}",
+                     "--set", "nodes.max=1", env={"RESULT_DIR": str(results), "EPOCHS": "2"}, timeout=240)
+    assert result.returncode == 0, result.stderr[-4000:]
+    history = json.loads((results / "train.json").read_text())["history"]
+    assert [h["samples"] for h in history] == [1797, 1797], "every digit exactly once per epoch"
+    assert history[1]["accuracy"] > history[0]["accuracy"]
+    registered = events(run_dir, "dataset_registered")
+    assert {e["rank"] for e in registered} == {0, 1} and registered[0]["size"] == 1797

@@ -231,7 +231,7 @@ def test_override_into_non_mapping_section(cfg_dir: Path) -> None:
 
 
 def test_sections_registry() -> None:
-    assert list(JobConfig.sections()) == ["job", "nodes", "rendezvous", "entrypoint"]
+    assert list(JobConfig.sections()) == ["job", "nodes", "rendezvous", "entrypoint", "data"]
 
 
 # ------------------------------------------------------------------ torchrun argv
@@ -283,3 +283,30 @@ def test_torchrun_parses_the_argv_into_valid_options(cfg_dir: Path, monkeypatch:
     options = RendezvousOptions.from_params(params)
     assert (options.token, options.pg_backend, options.is_host) == ("t0k=en", "gloo", True)
     assert options.run_dir == config.job.run_dir and options.heartbeat_timeout == 2.5
+
+
+# ------------------------------------------------------------------ data section
+def test_data_section_declares_datasets(cfg_dir: Path) -> None:
+    config = load_config(write(cfg_dir, MINIMAL + "data:\n  digits: {kind: digits, batch_size: 16}\n"
+                                        "  synth: {kind: synthetic, options: {size: 100}}\n"))
+    specs = {spec.name: spec for spec in config.data.datasets}
+    assert specs["digits"].kind == "digits" and specs["digits"].batch_size == 16
+    assert specs["synth"].options["size"] == 100
+    assert load_config(write(cfg_dir, MINIMAL, "empty.yaml")).data.datasets == ()
+
+
+def test_bad_dataset_entry_names_file_dataset_and_problem(cfg_dir: Path) -> None:
+    path = write(cfg_dir, MINIMAL + "data:\n  digits: {kind: digitz}\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: data.digits:") and "kind" in message and "synthetic" in message
+
+
+def test_workers_read_the_config_they_were_started_with(cfg_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchrt.config import config_environment, config_from_environment
+    from torchrt.data.registry import DatasetRegistry
+
+    path = write(cfg_dir, MINIMAL + "data:\n  digits: {kind: digits, batch_size: 16}\n")
+    for key, value in config_environment(path, ["data.digits={kind: digits, batch_size: 8}"]).items():
+        monkeypatch.setenv(key, value)
+    assert config_from_environment().data.datasets[0].batch_size == 8
+    assert DatasetRegistry().get("digits").batch_size == 8

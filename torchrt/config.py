@@ -37,19 +37,25 @@ from typing import Any
 
 import yaml
 
+from torchrt.data.errors import DataConfigError
+from torchrt.data.spec import DataSpec, parse_data_section
 from torchrt.protocol import parse_endpoint
 from torchrt.rendezvous.options import BACKENDS, RendezvousOptions
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CONFIG_ENV",
+    "CONFIG_OVERRIDES_ENV",
     "ConfigError",
+    "DataSection",
     "EntrypointSection",
     "JobConfig",
     "JobSection",
     "NodesSection",
     "RendezvousSection",
     "Section",
+    "config_from_environment",
     "load_config",
 ]
 
@@ -281,6 +287,22 @@ def _find_script(s: Section, script: str) -> Path:
 
 # ---------------------------------------------------------------- the registry
 @dataclasses.dataclass(frozen=True)
+class DataSection:
+    """``data``: datasets by name; each entry is a :class:`torchrt.data.DataSpec` mapping
+    (kind, path, options, batch_size, shuffle, seed, tail, workers, worker_mode, ...)."""
+
+    datasets: tuple[DataSpec, ...] = ()
+    any_keys: typing.ClassVar[bool] = True  # the keys are dataset names, not fixed fields
+
+    @classmethod
+    def parse(cls, s: Section) -> DataSection:
+        try:
+            return cls(tuple(parse_data_section(dict(s.raw))))
+        except DataConfigError as e:
+            raise s.error(e.dataset or "(section)", e.problem) from None
+
+
+@dataclasses.dataclass(frozen=True)
 class JobConfig:
     """A whole config file. Each field is a section: add a section by adding a field."""
 
@@ -288,6 +310,7 @@ class JobConfig:
     nodes: NodesSection
     rendezvous: RendezvousSection
     entrypoint: EntrypointSection
+    data: DataSection
     path: str = ""
 
     @classmethod
@@ -379,10 +402,27 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
             raise ConfigError(file, name, f"expected a mapping of keys, got {_show(body)}")
         accepted = [f.name for f in dataclasses.fields(cls)]
         for key in body:
-            if key not in accepted:
+            if key not in accepted and not getattr(cls, "any_keys", False):
                 section = Section(file, name, body, overridden)
                 raise section.error(str(key), "unknown key; accepted keys: " + ", ".join(accepted))
         parsed[name] = cls.parse(Section(file, name, body, overridden))
     config = JobConfig(**parsed, path=file)
     logger.debug("loaded config %s: %s", file, config)
     return config
+
+
+CONFIG_ENV = "TORCHRT_CONFIG"
+CONFIG_OVERRIDES_ENV = "TORCHRT_CONFIG_SET"
+
+
+def config_environment(path: str | os.PathLike[str], overrides: Iterable[str]) -> dict[str, str]:
+    """What ``torchrt run`` exports so workers can read the same config (e.g. its datasets)."""
+    return {CONFIG_ENV: str(Path(path).resolve()), CONFIG_OVERRIDES_ENV: json.dumps(list(overrides))}
+
+
+def config_from_environment() -> JobConfig | None:
+    """The config this process was started with by ``torchrt run``, or None outside of it."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        return None
+    return load_config(path, json.loads(os.environ.get(CONFIG_OVERRIDES_ENV, "[]")))

@@ -36,7 +36,7 @@ from typing import Any
 _EXPORTS = {
     "DataSpec": "spec", "parse_data_section": "spec", "KINDS": "spec",
     "DatasetRegistry": "registry", "build_pipeline": "registry", "default_registry": "registry",
-    "get_dataset": "registry", "open_source": "registry", "pipeline": "registry", "register_dataset": "registry",
+    "get_dataset": "registry", "open_source": "registry", "pipeline_for": "registry", "register_dataset": "registry",
     "ShardedPipeline": "pipeline", "STATE_FORMAT": "pipeline",
     "EpochPlan": "sampling", "GlobalOrder": "sampling", "TAIL_POLICIES": "sampling",
     "Source": "sources", "ArraySource": "sources", "MapSource": "sources", "DigitsSource": "sources",

@@ -6,7 +6,7 @@ Design
 declarations (from code with :meth:`~DatasetRegistry.register`, or from the
 config's ``data`` section with :meth:`~DatasetRegistry.load`). A process-wide
 ``default_registry`` backs the module functions :func:`register_dataset`,
-:func:`get_dataset` and :func:`pipeline`.
+:func:`get_dataset` and :func:`pipeline_for`.
 
 :func:`build_pipeline` is the single place where a declaration becomes a
 running pipeline: it opens the source for the kind, builds the
@@ -40,7 +40,7 @@ __all__ = [
     "default_registry",
     "get_dataset",
     "open_source",
-    "pipeline",
+    "pipeline_for",
     "register_dataset",
 ]
 
@@ -140,11 +140,23 @@ class DatasetRegistry:
         return specs
 
     def get(self, name: str) -> DataSpec:
+        if name not in self._specs:
+            self._load_from_job_config()
         try:
             return self._specs[name]
         except KeyError:
             known = ", ".join(sorted(self._specs)) or "none"
             raise DataConfigError(f"not declared (declared: {known})", dataset=name) from None
+
+    def _load_from_job_config(self) -> None:
+        """Declare the datasets of the YAML config ``torchrt run`` started this process with."""
+        from torchrt.config import config_from_environment  # the config imports torchrt.data.spec
+
+        config = config_from_environment()
+        if config is not None:
+            for spec in config.data.datasets:
+                if spec.name not in self._specs:
+                    self.register(spec)
 
     def pipeline(self, name: str, rank: int | None = None, world_size: int | None = None,
                  **kwargs: Any) -> ShardedPipeline:
@@ -176,6 +188,6 @@ def get_dataset(name: str) -> DataSpec:
     return default_registry.get(name)
 
 
-def pipeline(name: str, rank: int | None = None, world_size: int | None = None, **kwargs: Any) -> ShardedPipeline:
+def pipeline_for(name: str, rank: int | None = None, world_size: int | None = None, **kwargs: Any) -> ShardedPipeline:
     """This rank's pipeline for a dataset declared in the process-wide registry."""
     return default_registry.pipeline(name, rank, world_size, **kwargs)
