@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "allreduce.py"
 
@@ -37,11 +39,17 @@ class Agent:
             raise AssertionError(f"agent did not finish in {timeout}s; log:\n{self.log()}") from None
 
     def kill(self) -> None:
-        """SIGKILL the whole node: agent and workers."""
+        """SIGKILL the whole node: the agent and every process under it (torchrun puts each
+        worker in a session of its own, so killing the agent's process group is not enough)."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            tree = [self.proc, *(p for p in psutil.Process(self.proc.pid).children(recursive=True))]
+        except psutil.NoSuchProcess:
+            tree = [self.proc]
+        for proc in tree:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
         self.proc.wait(10)
 
     def log(self) -> str:

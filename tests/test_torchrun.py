@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
+
+import psutil
 
 import pytest
 
@@ -118,3 +121,14 @@ def test_foreign_run_id_is_rejected(job):
     assert "NodeRejectedError" in log and "'beta'" in log and "'alpha'" in log
     assert [e for e in events(job.run_dir, "node_rejected") if "'beta'" in e["error"]]
     assert_finished(first)
+
+
+def test_workers_exit_when_their_agent_is_killed(job):
+    agent = job("1", env={"STEPS": "4000", "STEP_SECONDS": "0.05"})
+    started = wait_until(lambda: len(events(job.run_dir, "worker_started")) == 2 and
+                         events(job.run_dir, "worker_started"), 60, "both workers")
+    pids = [e["pid"] for e in started]
+    agent.proc.send_signal(signal.SIGKILL)  # the agent only, not its workers
+    agent.proc.wait(10)
+    wait_until(lambda: not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                               for pid in pids), 15, "the orphaned workers to exit")

@@ -7,13 +7,14 @@ falls back to NCCL when this process sees CUDA and Gloo otherwise, so one
 script works under both backends.
 
 ``barrier`` is store-based: every rank adds one to a counter and the last one
-to arrive sets a release key the others wait on (``TCPStore.wait`` is answered
-by the server the moment the key appears, no polling). Two release keys
-alternate by parity; the last arriver deletes the older one before setting the
-new, which is safe because no rank can reach the barrier after next until this
-one is released. So a long job keeps three keys per barrier name, not two per
-call. Ranks must call barriers of the same name in the same order, as with
-collectives.
+to arrive sets the release key of this call, which the others wait on
+(``TCPStore.wait`` is answered by the server the moment the key appears, no
+polling). Each call has its own release key, set once; right after releasing
+call ``n`` the last arriver deletes the key of call ``n - 1``, which is safe
+because every rank has arrived at ``n`` and so has left ``n - 1``. A long job
+thus keeps at most three keys per barrier name, and the cleanup is off the
+other ranks' critical path. Ranks must call barriers of the same name in the
+same order, as with collectives.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import atexit
 import dataclasses
 import logging
 import os
+import threading
 import time
 from datetime import timedelta
 
@@ -79,6 +81,8 @@ def init(backend: str | None = None, timeout: timedelta = timedelta(minutes=10))
         endpoint=env.get("TORCHRT_ENDPOINT"),
     )
     _start_telemetry(_context)
+    if env.get("TORCHELASTIC_RUN_ID") is not None:
+        _watch_agent(os.getppid())
     return _context
 
 
@@ -99,12 +103,13 @@ def barrier(name: str = "barrier", timeout: timedelta | None = None) -> float:
     started = time.perf_counter()
     arrived = store.add(f"{key}/count", 1)
     if arrived == seq * ctx.world_size:
-        if seq > 1:
-            store.delete_key(f"{key}/release{(seq - 1) % 2}")
-        store.set(f"{key}/release{seq % 2}", str(seq))
+        store.set(f"{key}/release/{seq}", b"")
+        elapsed = time.perf_counter() - started
+        if seq > 1:  # after the release, off everybody else's critical path
+            store.delete_key(f"{key}/release/{seq - 1}")
     else:
-        store.wait([f"{key}/release{seq % 2}"])
-    elapsed = time.perf_counter() - started
+        store.wait([f"{key}/release/{seq}"])
+        elapsed = time.perf_counter() - started
     if ctx.rank == 0:
         get_reporter().emit("barrier", name=name, seq=seq, world_size=ctx.world_size,
                             latency_us=round(elapsed * 1e6, 1))
@@ -125,6 +130,25 @@ def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> dist.S
             prefix = "torchrt/"
         _barrier_store = dist.PrefixStore(prefix, base)
     return _barrier_store
+
+
+def _watch_agent(agent_pid: int, interval: float = 0.5) -> None:
+    """Exit when the torchrun agent that started this worker is gone.
+
+    torchrun gives each worker a session of its own, so a SIGKILLed agent leaves
+    its workers running unmanaged, blocked in collectives of a round the job has
+    moved past. A worker without its agent is of no use: it goes too.
+    """
+
+    def watch() -> None:
+        stop = threading.Event()
+        while not stop.wait(interval):
+            if os.getppid() != agent_pid:
+                logger.error("torchrt: the torchrun agent (pid %d) is gone; worker %d exits", agent_pid, os.getpid())
+                get_reporter().flush()
+                os._exit(1)
+
+    threading.Thread(target=watch, name="torchrt-agent-watch", daemon=True).start()
 
 
 def _start_telemetry(ctx: WorkerContext) -> None:

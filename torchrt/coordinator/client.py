@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import select
 import socket
 import threading
 import time
@@ -86,6 +87,7 @@ class CoordinatorClient:
         if isinstance(info, dict) and info.get("addr", "") is None:
             info["addr"] = sock.getsockname()[0]
         self._sock = sock
+        self.welcome = {}  # no heartbeat before the hello is answered
         self.lost.clear()
         self._reader = threading.Thread(target=self._read_forever, name="torchrt-client", daemon=True)
         self._reader.start()
@@ -162,12 +164,12 @@ class CoordinatorClient:
         buffer = b""
         try:
             while True:
-                sock.settimeout(self._next_heartbeat_in())
-                try:
-                    chunk = sock.recv(1 << 16)
-                except socket.timeout:
+                # select, not a socket timeout: that would also apply to other threads' sendall
+                readable, _, _ = select.select([sock], [], [], self._next_heartbeat_in())
+                if not readable:
                     self._heartbeat()
                     continue
+                chunk = sock.recv(1 << 16)
                 if not chunk:
                     break
                 buffer += chunk
@@ -189,7 +191,7 @@ class CoordinatorClient:
         return max(0.001, self._last_send + self._heartbeat_interval - time.monotonic())
 
     def _heartbeat(self) -> None:
-        if self._heartbeat_interval is not None and \
+        if self._heartbeat_interval is not None and self.welcome and \
                 time.monotonic() - self._last_send >= self._heartbeat_interval:
             try:
                 self._send({"op": "heartbeat"})

@@ -37,11 +37,17 @@ Event = dict[str, Any]
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Replace ``path`` with ``payload`` as JSON so readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write_text_atomic(path, json.dumps(payload, indent=1, default=str), durable=True)
+
+
+def write_text_atomic(path: Path, text: str, durable: bool = False) -> None:
+    """Replace ``path`` with ``text`` via a temporary file and rename (fsync'd when ``durable``)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
+        f.write(text)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

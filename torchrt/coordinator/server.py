@@ -19,8 +19,10 @@ loop also runs a short housekeeping tick for what is a timeout by nature
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hmac
+import json
 import logging
 import os
 import socket
@@ -33,13 +35,20 @@ import torch
 import torch.distributed as dist
 
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
-from torchrt.coordinator.run_dir import COORDINATOR_FILE, STATE_FILE, EventLog, write_json_atomic
+from torchrt.coordinator.run_dir import (
+    COORDINATOR_FILE,
+    STATE_FILE,
+    EventLog,
+    write_json_atomic,
+    write_text_atomic,
+)
 from torchrt.data.events import DATA_PREVIEW, RegistryFold
 from torchrt.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, Message, decode, encode
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_TIMEOUT = 2.5
+LISTEN_BACKLOG = 4096  # a thousand nodes may dial at once
 _ROLES = ("node", "worker", "observer")
 _MEMBERSHIP_OPS = ("hello", "join", "leave", "close")
 # Frequent, bulky and only interesting live (sample thumbnails): folded into state, pushed to
@@ -97,6 +106,8 @@ class Coordinator:
         self._peers: set[_Peer] = set()
         self._subscribers: set[_Peer] = set()
         self._datasets = RegistryFold()
+        self._state_writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="torchrt-state")
+        self._state_write: concurrent.futures.Future[None] | None = None
         self._node_peers: dict[str, _Peer] = {}
         self._broadcast_key: tuple[Any, ...] | None = None
         self._state_dirty = True
@@ -148,6 +159,7 @@ class Coordinator:
             if self._thread is not None:
                 self._thread.join(timeout=10)
             self._store = None
+            self._state_writer.shutdown(wait=True)
             self.events.close()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -158,7 +170,8 @@ class Coordinator:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, sock=self._control_sock, limit=MAX_LINE_BYTES))
+            asyncio.start_server(self._serve, sock=self._control_sock, limit=MAX_LINE_BYTES,
+                                 backlog=LISTEN_BACKLOG))  # asyncio re-listens with 100 otherwise
         self._tick_task = self._loop.create_task(self._tick_forever())
         ready.set()
         try:
@@ -462,11 +475,23 @@ class Coordinator:
                 "datasets": self._datasets.view, "written_at": time.time()}
 
     def _write_state(self, force: bool = False) -> None:
+        """Snapshot on the loop (the state is only consistent there), write in the background:
+        at a thousand nodes a write takes tens of ms, which the loop must not stall for."""
         now = time.monotonic()
-        if force or (self._state_dirty and now - self._state_written_at >= self.config.state_write_interval_s):
-            self._state_dirty = False
-            self._state_written_at = now
-            write_json_atomic(Path(self.config.run_dir) / STATE_FILE, self.snapshot())
+        due = self._state_dirty and now - self._state_written_at >= self.config.state_write_interval_s
+        busy = self._state_write is not None and not self._state_write.done()
+        if not force and (not due or busy):
+            return
+        self._state_dirty = False
+        self._state_written_at = now
+        text = json.dumps(self.snapshot(), separators=(",", ":"), default=str)
+        if force:
+            if busy:
+                self._state_write.result()
+            write_text_atomic(Path(self.config.run_dir) / STATE_FILE, text)
+        else:
+            self._state_write = self._state_writer.submit(
+                write_text_atomic, Path(self.config.run_dir) / STATE_FILE, text)
 
     def _describe(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "host": self.config.host, "port": self.port,
@@ -495,7 +520,7 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(4096)
+        sock.listen(LISTEN_BACKLOG)
     except OSError:
         sock.close()
         raise

@@ -38,6 +38,7 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.coordinator.server import Coordinator, CoordinatorConfig
+from torchrt.errors import CoordinatorUnavailableError
 from torchrt.protocol import Message, parse_endpoint, round_store_prefix
 from torchrt.rendezvous.node_info import describe_node, is_local_host
 from torchrt.rendezvous.options import RendezvousOptions
@@ -82,16 +83,11 @@ class TorchrtRendezvousHandler(RendezvousHandler):
 
     def next_rendezvous(self) -> RendezvousInfo:
         started = time.monotonic()
-        cause = self._join_cause()
-        client = self._connected()
-        join_timeout = self._options.join_timeout + 2 * self._options.heartbeat_timeout
-        reply = client.request("join", master_port=get_free_port(), cause=cause, timeout=join_timeout)
+        reply = self._join(self._join_cause())
         self._round = reply
         self._hint = 0
-        store_host = self._host if self._host not in ("0.0.0.0", "::") else "127.0.0.1"
-        store = dist.PrefixStore(round_store_prefix(self._run_id, reply["round"]),
-                                 self._coordinator_store(store_host, int(reply["store_port"])))
-        self._export_environment(reply, store_host)
+        store = dist.PrefixStore(round_store_prefix(self._run_id, reply["round"]), self._coordinator_store())
+        self._export_environment(reply, self._store_host)
         logger.info("torchrt round %d: node %s is group rank %d of %d (rendezvous took %.3fs)",
                     reply["round"], self.node_id, reply["rank"], reply["world_size"],
                     time.monotonic() - started)
@@ -161,7 +157,25 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             )
             client.connect(timeout=self._options.connect_timeout)
             self._client = client
+            # Connect to the store now, not when the round is announced: N nodes dialling at
+            # the same instant is what made 1,024 simulated nodes slow (reverse DNS in c10d).
+            self._coordinator_store(int(client.welcome["store_port"]))
             return client
+
+    def _join(self, cause: str) -> Message:
+        """Ask for the next round; a connection lost on the way is re-established and the join
+        repeated (the coordinator counts the node as new), until ``connect_timeout`` runs out."""
+        deadline = time.monotonic() + self._options.connect_timeout
+        join_timeout = self._options.join_timeout + 2 * self._options.heartbeat_timeout
+        while True:
+            client = self._connected()
+            try:
+                return client.request("join", master_port=get_free_port(), cause=cause, timeout=join_timeout)
+            except CoordinatorUnavailableError as e:
+                if not client.lost.is_set() or time.monotonic() > deadline:
+                    raise
+                logger.warning("node %s lost the coordinator at %s while joining (%s); rejoining",
+                               self.node_id, self._endpoint, e)
 
     def _join_cause(self) -> str:
         """Why the agent is asking for a round: it cannot tell us, but its past answers can."""
@@ -188,10 +202,16 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             return
         self._hosted = coordinator
 
-    def _coordinator_store(self, host: str, port: int) -> dist.TCPStore:
-        if self._store is None or self._store.port != port:
-            self._store = dist.TCPStore(host, port, is_master=False, use_libuv=True,
+    @property
+    def _store_host(self) -> str:
+        return self._host if self._host not in ("0.0.0.0", "::") else "127.0.0.1"
+
+    def _coordinator_store(self, port: int | None = None) -> dist.TCPStore:
+        """The TCPStore client of the coordinator's store (made once per store port)."""
+        if port is not None and (self._store is None or self._store.port != port):
+            self._store = dist.TCPStore(self._store_host, port, is_master=False, use_libuv=True,
                                         timeout=timedelta(seconds=self._options.join_timeout))
+        assert self._store is not None
         return self._store
 
     def _on_push(self, message: Message) -> None:
