@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -222,3 +224,27 @@ def test_subscribers_get_past_and_live_events_pushed(coordinator):
     assert seqs == list(range(1, len(seqs) + 1)), "no gap and no repeat between backlog and live events"
     h.shutdown()
     watcher.close()
+
+
+def test_listen_backlog_survives_asyncio(coordinator):
+    # Regression: asyncio.start_server(sock=...) re-listened with its default backlog of 100,
+    # and a thousand nodes dialling at once lost connections.
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{coordinator.port}"], capture_output=True, text=True).stdout
+    assert int(out.split()[2]) >= 4096, out
+
+
+def test_join_survives_a_dropped_connection(coordinator):
+    # Regression: a connection lost while waiting for the round made next_rendezvous raise,
+    # and with min = max every other node then waited for the whole join timeout.
+    a, b = handler(coordinator.endpoint, 2, 2), handler(coordinator.endpoint, 2, 2)
+    results = {}
+    t = threading.Thread(target=lambda: results.setdefault("a", a.next_rendezvous()))
+    t.start()
+    wait_until(lambda: events(coordinator.config.run_dir, "node_waiting"), 5, "node a to wait")
+    a._client._sock.shutdown(socket.SHUT_RDWR)  # the network drops a's connection
+    wait_until(lambda: len(events(coordinator.config.run_dir, "node_waiting")) == 2, 10, "node a to rejoin")
+    info_b = b.next_rendezvous()
+    t.join(10)
+    assert results["a"].world_size == info_b.world_size == 2
+    a.shutdown()
+    b.shutdown()
