@@ -20,6 +20,7 @@ which is how ``torchrt.init()`` learns the job's backend, round and coordinator.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
@@ -64,7 +65,8 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         self._info = describe_node(params.local_addr)
         self._client: CoordinatorClient | None = None
         self._hosted: Coordinator | None = None
-        self._store: dist.TCPStore | None = None
+        self._store: concurrent.futures.Future[dist.TCPStore] | None = None
+        self._store_port = 0
         self._lock = threading.Lock()
         self._hint = 0
         self._closed = False
@@ -86,7 +88,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         reply = self._join(self._join_cause())
         self._round = reply
         self._hint = 0
-        store = dist.PrefixStore(round_store_prefix(self._run_id, reply["round"]), self._coordinator_store())
+        store = dist.PrefixStore(round_store_prefix(self._run_id, reply["round"]), self._coordinator_store().result())
         self._export_environment(reply, self._store_host)
         logger.info("torchrt round %d: node %s is group rank %d of %d (rendezvous took %.3fs)",
                     reply["round"], self.node_id, reply["rank"], reply["world_size"],
@@ -157,8 +159,9 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             )
             client.connect(timeout=self._options.connect_timeout)
             self._client = client
-            # Connect to the store now, not when the round is announced: N nodes dialling at
-            # the same instant is what made 1,024 simulated nodes slow (reverse DNS in c10d).
+            # Dial the store now, in the background: it overlaps with waiting for the round
+            # instead of following it, and N nodes no longer dial at the same instant when the
+            # round is announced (c10d's store server resolves each peer's name on accept).
             self._coordinator_store(int(client.welcome["store_port"]))
             return client
 
@@ -206,11 +209,19 @@ class TorchrtRendezvousHandler(RendezvousHandler):
     def _store_host(self) -> str:
         return self._host if self._host not in ("0.0.0.0", "::") else "127.0.0.1"
 
-    def _coordinator_store(self, port: int | None = None) -> dist.TCPStore:
-        """The TCPStore client of the coordinator's store (made once per store port)."""
-        if port is not None and (self._store is None or self._store.port != port):
-            self._store = dist.TCPStore(self._store_host, port, is_master=False, use_libuv=True,
-                                        timeout=timedelta(seconds=self._options.join_timeout))
+    def _coordinator_store(self, port: int | None = None) -> concurrent.futures.Future[dist.TCPStore]:
+        """The client of the coordinator's store, connected once per store port in the background."""
+        if port is not None and (self._store is None or self._store_port != port):
+            self._store, self._store_port = concurrent.futures.Future(), port
+
+            def dial(future: concurrent.futures.Future[dist.TCPStore] = self._store) -> None:
+                try:
+                    future.set_result(dist.TCPStore(self._store_host, port, is_master=False, use_libuv=True,
+                                                    timeout=timedelta(seconds=self._options.join_timeout)))
+                except Exception as e:  # raised to next_rendezvous by result()
+                    future.set_exception(e)
+
+            threading.Thread(target=dial, name="torchrt-store-dial", daemon=True).start()
         assert self._store is not None
         return self._store
 
