@@ -68,3 +68,20 @@ class ManualClock:
     def __call__(self) -> float:
         return self.now
 
+
+
+def snapshot(model: Any, opt: Any) -> dict:
+    """Copies of a model's and an optimizer's tensors, to compare bit for bit later."""
+    out = {f"m.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    for pid, s in opt.state_dict()["state"].items():
+        out.update({f"o.{pid}.{k}": v.clone() for k, v in s.items()})
+    return out
+
+
+def assert_same(a: dict, b: dict, what: str = "") -> None:
+    """Two snapshots are identical, tensor for tensor."""
+    import torch
+
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs"

@@ -1,0 +1,54 @@
+"""Asynchronous sharded checkpointing with atomic commit and verified restore.
+
+The training loop's side::
+
+    from torchrt.checkpoint import CheckpointManager, RNGState
+
+    ckpt = CheckpointManager("/shared/ckpt", every_steps=500, keep=3,
+                             replicated=("model", "optim", "data", "step"))
+    state = {"model": model, "optim": optimizer, "data": loader, "rng": RNGState(), "step": {"n": 0}}
+    if (restored := ckpt.load_latest(state)) is not None:
+        start = restored.step + 1
+    for step in range(start, steps):
+        loss = model(batch).sum(); loss.backward()
+        optimizer.step()               # waits for an in-flight save's staging by itself
+        state["step"]["n"] = step
+        ckpt.maybe_save(state, step)   # returns within milliseconds
+    ckpt.close()                       # waits for the last commit
+
+Modules, one job each: :mod:`~.state` (what a checkpoint holds),
+:mod:`~.layout` (where bytes go), :mod:`~.staging` (persistent host buffers),
+:mod:`~.writer` (parallel checksummed durable writes), :mod:`~.group` (ranks
+talking through the store), :mod:`~.manifest` (the on-disk format),
+:mod:`~.commit` (atomic commit and retention), :mod:`~.restore` (verified
+restore with fallback), :mod:`~.dcp` (a ``torch.distributed.checkpoint``
+StorageReader), :mod:`~.manager` (the API), :mod:`~.spec` (YAML section).
+See docs/checkpoint.md.
+"""
+
+from torchrt.checkpoint.errors import (CheckpointConfigError, CheckpointError, CheckpointFailedError,
+                                       CorruptCheckpointError, NoValidCheckpointError, StagingError,
+                                       StateMismatchError)
+from torchrt.checkpoint.manager import CheckpointManager, SaveHandle, SaveStatus
+from torchrt.checkpoint.restore import CheckpointReader, RestoreResult
+from torchrt.checkpoint.rng import RNGState
+from torchrt.checkpoint.spec import CheckpointSpec
+from torchrt.checkpoint.state import Stateful
+
+__all__ = [
+    "CheckpointConfigError",
+    "CheckpointError",
+    "CheckpointFailedError",
+    "CheckpointManager",
+    "CheckpointReader",
+    "CheckpointSpec",
+    "CorruptCheckpointError",
+    "NoValidCheckpointError",
+    "RNGState",
+    "RestoreResult",
+    "SaveHandle",
+    "SaveStatus",
+    "StagingError",
+    "StateMismatchError",
+    "Stateful",
+]
