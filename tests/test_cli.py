@@ -90,16 +90,25 @@ def test_run_executes_a_config_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_trains_on_the_config_datasets(tmp_path):
-    results = tmp_path / "results"
+def test_run_trains_checkpoints_and_resumes_at_another_world_size(tmp_path):
+    results, run_dir, ckpt_dir = tmp_path / "results", tmp_path / "run", tmp_path / "ckpt"
     results.mkdir()
-    run_dir = tmp_path / "run"
-    result = torchrt("run", str(REPO / "configs" / "digits.yaml"),
-                     "--set", f"rendezvous.endpoint=127.0.0.1:{free_port()}", "--set", f"job.run_dir={run_dir}",
-                     "--set", "nodes.max=1", env={"RESULT_DIR": str(results), "EPOCHS": "2"}, timeout=240)
-    assert result.returncode == 0, result.stderr[-4000:]
-    history = json.loads((results / "train.json").read_text())["history"]
-    assert [h["samples"] for h in history] == [1797, 1797], "every digit exactly once per epoch"
-    assert history[1]["accuracy"] > history[0]["accuracy"]
-    registered = events(run_dir, "dataset_registered")
-    assert {e["rank"] for e in registered} == {0, 1} and registered[0]["size"] == 1797
+
+    def train(epochs: int, nproc: int) -> dict:
+        result = torchrt("run", str(REPO / "configs" / "digits.yaml"),
+                         "--set", f"rendezvous.endpoint=127.0.0.1:{free_port()}", "--set", f"job.run_dir={run_dir}",
+                         "--set", "nodes.max=1", "--set", f"nodes.nproc_per_node={nproc}",
+                         "--set", f"checkpoint.dir={ckpt_dir}",
+                         env={"RESULT_DIR": str(results), "EPOCHS": str(epochs)}, timeout=240)
+        assert result.returncode == 0, result.stderr[-4000:]
+        return json.loads((results / "train.json").read_text())
+
+    first = train(epochs=1, nproc=2)
+    assert first["resumed_from"] is None
+    assert [h["samples"] for h in first["history"]] == [1797], "every digit exactly once in the epoch"
+    second = train(epochs=2, nproc=1)  # resumes the 2-worker job's checkpoint with 1 worker
+    assert second["resumed_from"] is not None and second["world_size"] == 1
+    assert [(h["epoch"], h["samples"]) for h in second["history"]] == [(1, 1797)]
+    assert second["history"][0]["accuracy"] > first["history"][0]["accuracy"]
+    kinds = [e["type"] for e in events(run_dir)]
+    assert {"dataset_registered", "checkpoint_committed", "checkpoint_restored"} <= set(kinds)

@@ -231,7 +231,7 @@ def test_override_into_non_mapping_section(cfg_dir: Path) -> None:
 
 
 def test_sections_registry() -> None:
-    assert list(JobConfig.sections()) == ["job", "nodes", "rendezvous", "entrypoint", "data"]
+    assert list(JobConfig.sections()) == ["job", "nodes", "rendezvous", "entrypoint", "data", "checkpoint"]
 
 
 # ------------------------------------------------------------------ torchrun argv
@@ -310,3 +310,24 @@ def test_workers_read_the_config_they_were_started_with(cfg_dir: Path, monkeypat
         monkeypatch.setenv(key, value)
     assert config_from_environment().data.datasets[0].batch_size == 8
     assert DatasetRegistry().get("digits").batch_size == 8
+
+
+
+# ------------------------------------------------------------------ checkpoint section
+def test_checkpoint_section(cfg_dir: Path) -> None:
+    assert load_config(write(cfg_dir, MINIMAL)).checkpoint.spec is None
+    config = load_config(write(cfg_dir, MINIMAL + "checkpoint: {dir: /tmp/ck, every_steps: 50, keep: 2}\n", "c.yaml"))
+    spec = config.checkpoint.spec
+    assert (spec.dir, spec.every_steps, spec.keep, spec.async_save) == ("/tmp/ck", 50, 2, True)
+
+
+@pytest.mark.parametrize("body,key,needle", [
+    ("{dir: /tmp/ck, keep: 0}", "checkpoint.keep", "expected an integer >= 1"),
+    ("{dir: /tmp/ck, when_busy: later}", "checkpoint.when_busy", "queue or skip"),
+    ("{every_steps: 5}", "checkpoint.dir", "required key is missing"),
+    ("{dir: /tmp/ck, evry_steps: 5}", "checkpoint.evry_steps", "accepted keys: dir, every_steps"),
+])
+def test_bad_checkpoint_section(cfg_dir: Path, body: str, key: str, needle: str) -> None:
+    path = write(cfg_dir, MINIMAL + f"checkpoint: {body}\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: {key}:") and needle in message, message

@@ -37,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from torchrt.checkpoint.errors import CheckpointConfigError
+from torchrt.checkpoint.spec import CheckpointSpec
 from torchrt.data.errors import DataConfigError
 from torchrt.data.spec import DataSpec, parse_data_section
 from torchrt.protocol import parse_endpoint
@@ -47,6 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CONFIG_ENV",
     "CONFIG_OVERRIDES_ENV",
+    "CheckpointSection",
     "ConfigError",
     "DataSection",
     "EntrypointSection",
@@ -303,6 +306,31 @@ class DataSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    """``checkpoint``: a :class:`torchrt.checkpoint.CheckpointSpec` (dir, every_steps,
+    every_seconds, keep, async_save, writer_threads, on_error, when_busy); absent: None."""
+
+    spec: CheckpointSpec | None = None
+    any_keys: typing.ClassVar[bool] = True  # CheckpointSpec checks its own keys
+
+    @classmethod
+    def parse(cls, s: Section) -> CheckpointSection:
+        if not s.raw:
+            return cls(None)
+        accepted = [f.name for f in dataclasses.fields(CheckpointSpec)]
+        for key in s.raw:
+            if key not in accepted:
+                raise s.error(str(key), "unknown key; accepted keys: " + ", ".join(accepted))
+        if "dir" not in s.raw:
+            raise s.error("dir", "required key is missing")
+        try:
+            return cls(CheckpointSpec(**{k: v for k, v in s.raw.items() if v is not None}))
+        except CheckpointConfigError as e:  # "checkpoint.KEY: expected ..."
+            key, _, problem = str(e).partition(": ")
+            raise s.error(key.removeprefix("checkpoint."), problem) from None
+
+
+@dataclasses.dataclass(frozen=True)
 class JobConfig:
     """A whole config file. Each field is a section: add a section by adding a field."""
 
@@ -311,6 +339,7 @@ class JobConfig:
     rendezvous: RendezvousSection
     entrypoint: EntrypointSection
     data: DataSection
+    checkpoint: CheckpointSection
     path: str = ""
 
     @classmethod
