@@ -57,6 +57,8 @@ def main() -> None:
             seen += torch.stack([real.sum(), ((logits.argmax(1) == targets) & real).sum()]).float()
             step += 1
             state["progress"]["step"] = step
+            if ctx.rank == 0:
+                torchrt.log_metric("train/loss", loss.item(), step)  # -> the job's TensorBoard
             if ckpt:
                 ckpt.maybe_save(state, step)
         dist.all_reduce(seen)
@@ -64,6 +66,7 @@ def main() -> None:
         if ckpt:
             ckpt.save(state, step)
         history.append({"epoch": epoch, "samples": int(seen[0]), "accuracy": float(seen[1] / seen[0])})
+        torchrt.log_metric("train/accuracy", history[-1]["accuracy"], epoch)
         if ctx.rank == 0:
             print(f"epoch {epoch}: {history[-1]}", flush=True)
     if ckpt:

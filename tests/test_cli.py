@@ -112,3 +112,4 @@ def test_run_trains_checkpoints_and_resumes_at_another_world_size(tmp_path):
     assert second["history"][0]["accuracy"] > first["history"][0]["accuracy"]
     kinds = [e["type"] for e in events(run_dir)]
     assert {"dataset_registered", "checkpoint_committed", "checkpoint_restored"} <= set(kinds)
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*")), "loss and checkpoint scalars"

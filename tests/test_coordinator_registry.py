@@ -49,3 +49,34 @@ def test_dataset_registry_in_state_and_previews_pushed_not_logged(tmp_path):
     logged = [e["type"] for e in events(tmp_path)]
     assert "dataset_registered" in logged and "data_progress" in logged
     assert "data_preview" not in logged
+
+
+def test_checkpoint_history_and_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    coordinator = Coordinator(CoordinatorConfig(run_dir=tmp_path, port=0, run_id="job"))
+    coordinator.start()
+    worker = CoordinatorClient(coordinator.endpoint, role="worker", run_id="job", hello={"info": {"rank": 0}})
+    try:
+        worker.connect(timeout=5)
+        worker.request("telemetry", events=[
+            {"type": "checkpoint_saved", "step": 10, "rank": 0, "stall_s": 0.003, "write_s": 0.5, "mb_s": 900.0},
+            {"type": "checkpoint_committed", "step": 10, "rank": 0, "total_s": 0.7, "mb_s": 800.0, "bytes": 5},
+            {"type": "checkpoint_failed", "step": 20, "rank": 1, "stage": "write", "error": "ENOSPC"},
+            {"type": "metric", "name": "train/loss", "value": 0.25, "step": 3},
+        ])
+    finally:
+        worker.close()
+    observer = CoordinatorClient(coordinator.endpoint, role="observer")
+    observer.connect(timeout=5)
+    state = observer.request("status")["state"]
+    observer.close()
+    coordinator.stop()  # flushes TensorBoard
+    assert state["checkpoints"]["latest_step"] == 10
+    assert state["checkpoints"]["problems"][0]["kind"] == "failed"
+    assert "metric" not in [e["type"] for e in events(tmp_path)]
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "checkpoint/total_s", "checkpoint/stall_s/rank0"} <= tags
+    assert [(s.step, s.value) for s in acc.Scalars("train/loss")] == [(3, 0.25)]

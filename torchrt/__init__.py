@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["WorkerContext", "__version__", "barrier", "current", "init"]
+__all__ = ["WorkerContext", "__version__", "barrier", "current", "init", "log_metric"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +20,8 @@ def __getattr__(name: str) -> Any:
         from torchrt import distributed
 
         return getattr(distributed, name)
+    if name == "log_metric":
+        from torchrt.telemetry import log_metric
+
+        return log_metric
     raise AttributeError(f"module 'torchrt' has no attribute {name!r}")

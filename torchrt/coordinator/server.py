@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
+from torchrt.coordinator.records import CheckpointRecords, MetricsWriter
 from torchrt.coordinator.run_dir import (
     COORDINATOR_FILE,
     STATE_FILE,
@@ -44,6 +45,7 @@ from torchrt.coordinator.run_dir import (
 )
 from torchrt.data.events import DATA_PREVIEW, RegistryFold
 from torchrt.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, Message, decode, encode
+from torchrt.telemetry import METRIC
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +53,9 @@ DEFAULT_HEARTBEAT_TIMEOUT = 2.5
 LISTEN_BACKLOG = 4096  # a thousand nodes may dial at once
 _ROLES = ("node", "worker", "observer")
 _MEMBERSHIP_OPS = ("hello", "join", "leave", "close")
-# Frequent, bulky and only interesting live (sample thumbnails): folded into state, pushed to
-# subscribers, but not appended to events.jsonl.
-EPHEMERAL_EVENTS = (DATA_PREVIEW,)
+# Frequent and only interesting live (sample thumbnails, user metrics): folded into state or
+# TensorBoard and pushed to subscribers (as the push kind given here), not appended to events.jsonl.
+EPHEMERAL_EVENTS = {DATA_PREVIEW: "preview", METRIC: "metric"}
 
 
 @dataclasses.dataclass
@@ -106,6 +108,8 @@ class Coordinator:
         self._peers: set[_Peer] = set()
         self._subscribers: set[_Peer] = set()
         self._datasets = RegistryFold()
+        self._checkpoints = CheckpointRecords()
+        self._metrics = MetricsWriter(Path(config.run_dir))
         self._state_writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="torchrt-state")
         self._state_write: concurrent.futures.Future[None] | None = None
         self._node_peers: dict[str, _Peer] = {}
@@ -136,6 +140,7 @@ class Coordinator:
         self.events.emit("coordinator_started", endpoint=self.endpoint, store_port=self.store_port,
                          pid=os.getpid(), run_id=self.run_id)
         self.events.subscribe(self._push_event)
+        self.events.subscribe(self._metrics.observe)
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,),
                                         name="torchrt-coordinator", daemon=True)
@@ -160,6 +165,7 @@ class Coordinator:
                 self._thread.join(timeout=10)
             self._store = None
             self._state_writer.shutdown(wait=True)
+            self._metrics.close()
             self.events.close()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -387,12 +393,15 @@ class Coordinator:
                 continue
             fields = {k: v for k, v in event.items() if k not in ("type", "seq", "ts")}
             if event["type"] in EPHEMERAL_EVENTS:  # kept in state and pushed live, not logged
-                preview = {"type": event["type"], "ts": event.get("ts", time.time()), **source, **fields}
-                self._datasets.apply(preview)
+                live = {"type": event["type"], "ts": event.get("ts", time.time()), **source, **fields}
+                self._datasets.apply(live)
+                self._metrics.observe(live)
                 for subscriber in list(self._subscribers):
-                    subscriber.send({"push": "preview", "event": preview})
+                    subscriber.send({"push": EPHEMERAL_EVENTS[event["type"]], "event": live})
             else:
-                self._datasets.apply(self.events.emit(event["type"], **{**source, **fields}))
+                recorded = self.events.emit(event["type"], **{**source, **fields})
+                if not self._datasets.apply(recorded):
+                    self._checkpoints.apply(recorded)
         self._state_dirty = True
         return {}
 
@@ -472,7 +481,8 @@ class Coordinator:
         workers = [p.worker for p in self._peers if p.role == "worker" and p.worker]
         return {"coordinator": self._describe(), "membership": membership,
                 "workers": sorted(workers, key=lambda w: w.get("rank", 0)),
-                "datasets": self._datasets.view, "written_at": time.time()}
+                "datasets": self._datasets.view, "checkpoints": self._checkpoints.view(),
+                "tensorboard": str(self._metrics.log_dir), "written_at": time.time()}
 
     def _write_state(self, force: bool = False) -> None:
         """Snapshot on the loop (the state is only consistent there), write in the background:

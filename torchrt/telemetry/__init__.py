@@ -7,6 +7,6 @@ The sink is injected (``torchrt.init`` wires it to the coordinator), which
 keeps this package a leaf with no dependency on the rest of torchrt.
 """
 
-from torchrt.telemetry.reporter import NullReporter, Reporter, get_reporter, set_reporter
+from torchrt.telemetry.reporter import METRIC, NullReporter, Reporter, get_reporter, log_metric, set_reporter
 
-__all__ = ["NullReporter", "Reporter", "get_reporter", "set_reporter"]
+__all__ = ["METRIC", "NullReporter", "Reporter", "get_reporter", "log_metric", "set_reporter"]

@@ -93,6 +93,13 @@ class NullReporter(Reporter):
 
 _reporter: Reporter = NullReporter()
 
+METRIC = "metric"
+
+
+def log_metric(name: str, value: float, step: int) -> None:
+    """Report one scalar (loss, accuracy, ...): it lands in the job's TensorBoard as ``name``."""
+    _reporter.emit(METRIC, name=name, value=float(value), step=int(step))
+
 
 def get_reporter() -> Reporter:
     """The process-wide reporter (a ``NullReporter`` until ``set_reporter``)."""

@@ -1,0 +1,109 @@
+"""Checkpoint records and metrics: what the coordinator derives from workers' telemetry.
+
+``CheckpointRecords`` folds the checkpoint events (see docs/checkpoint.md) into the
+job's checkpoint history for the state snapshot: committed checkpoints (newest last,
+the last ``keep`` of them), failures and skips, restores.
+
+``MetricsWriter`` turns events into TensorBoard scalars under ``RUN_DIR/tensorboard``.
+It runs on a thread of its own (importing tensorboard takes a second or two, and
+writing must never stall the coordinator's event loop): ``observe`` only enqueues.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+TENSORBOARD_DIR = "tensorboard"
+
+
+class CheckpointRecords:
+    """The job's checkpoints as the coordinator knows them."""
+
+    def __init__(self, keep: int = 50) -> None:
+        self.committed: deque[Event] = deque(maxlen=keep)
+        self.problems: deque[Event] = deque(maxlen=keep)
+        self.restored: deque[Event] = deque(maxlen=keep)
+
+    def apply(self, event: Event) -> bool:
+        kind = event.get("type")
+        fields = {k: v for k, v in event.items() if k != "type"}
+        if kind == "checkpoint_committed":
+            self.committed.append(fields)
+        elif kind in ("checkpoint_failed", "checkpoint_skipped"):
+            self.problems.append({"kind": kind.removeprefix("checkpoint_"), **fields})
+        elif kind == "checkpoint_restored":
+            self.restored.append(fields)
+        else:
+            return False
+        return True
+
+    def view(self) -> dict[str, Any]:
+        latest = self.committed[-1] if self.committed else None
+        return {"latest_step": latest["step"] if latest else None, "committed": list(self.committed),
+                "problems": list(self.problems), "restored": list(self.restored)}
+
+
+def scalars_of(event: Event) -> list[tuple[str, float, int]]:
+    """The (tag, value, step) scalars an event contributes to TensorBoard."""
+    kind, rank = event.get("type"), event.get("rank")
+    if kind == "metric":  # torchrt.log_metric(name, value, step)
+        return [(str(event["name"]), float(event["value"]), int(event.get("step", 0)))]
+    if kind == "round_completed":
+        n = int(event["round"])
+        return [("rendezvous/round_total_s", event["total_s"], n), ("rendezvous/world_size", event["world_size"], n)]
+    if kind == "barrier":
+        return [(f"barrier/{event['name']}/latency_us", event["latency_us"], int(event["seq"]))]
+    if kind == "checkpoint_saved":
+        step = int(event["step"])
+        return [(f"checkpoint/{key}/rank{rank}", event[key], step) for key in ("stall_s", "write_s", "mb_s")]
+    if kind == "checkpoint_committed":
+        return [(f"checkpoint/{key}", event[key], int(event["step"])) for key in ("total_s", "mb_s", "bytes")]
+    if kind == "data_timing":
+        step = int(event.get("position", 0)) + int(event.get("epoch", 0)) * 10**9
+        return [(f"data/{event['dataset']}/{key}/rank{rank}", event[key], step)
+                for key in ("samples_per_s", "wait_fraction") if key in event]
+    return []
+
+
+class MetricsWriter:
+    """Writes scalars of observed events to TensorBoard from a background thread."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.log_dir = Path(run_dir) / TENSORBOARD_DIR
+        self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="torchrt-tensorboard", daemon=True)
+        self._thread.start()
+
+    def observe(self, event: Event) -> None:
+        self._queue.put(event)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        writer = None
+        while (event := self._queue.get()) is not None:
+            try:
+                scalars = scalars_of(event)
+            except (KeyError, TypeError, ValueError) as e:
+                logger.debug("no scalars from malformed %s event: %s", event.get("type"), e)
+                continue
+            if not scalars:
+                continue
+            if writer is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.log_dir))
+            for tag, value, step in scalars:
+                writer.add_scalar(tag, value, step, walltime=event.get("ts"))
+        if writer is not None:
+            writer.close()
