@@ -36,11 +36,13 @@ barrier_us
 
 scale_s
     One standalone coordinator (``python -m launch.cli coordinator``) and N
-    simulated nodes spread over a few processes of N/P threads, each a
-    ``TorchrtRendezvousHandler`` with ``is_host=false``; after a shared go, all
-    call ``next_rendezvous()``. value = last return - go. Every node must get a
-    distinct rank 0..N-1 of the same round. The full run also times c10d at a
-    small N (``scale_s_c10d``), node 0 hosting its store.
+    simulated nodes spread over 16 forked processes of N/16 threads, each a
+    ``TorchrtRendezvousHandler`` (via the registry) with ``is_host=false``;
+    after a shared go, all call ``next_rendezvous()``. value = last return - go.
+    Every node must get a distinct rank 0..N-1 of the same round, else the value
+    is null with a reason. ``scale_detail`` adds the coordinator's own record
+    (when it completed the round, from its events.jsonl). The full run also
+    times c10d at a small N (``scale_s_c10d``), node 0 hosting its store.
 
 Subprocesses run in sessions of their own and are killed as whole trees in
 ``finally`` blocks; fork children are killed if still alive after each trial.
@@ -49,10 +51,12 @@ Subprocesses run in sessions of their own and are killed as whole trees in
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import multiprocessing as mp
 import os
 import platform
@@ -94,18 +98,19 @@ class Profile:
     formation_trials: int
     recovery_cap_s: float
     barrier_iters: int
+    scale_timeout_s: float
     formation_sizes: tuple[int, ...] = (2, 4, 8)
     barrier_sizes: tuple[int, ...] = (2, 4, 8)
     scale_sizes: tuple[int, ...] = (256, 1024)
-    scale_procs: int = 4
+    scale_procs: int = 16  # 4 processes of 256 threads starve their own heartbeats (GIL) on 2 cores
     c10d_scale_sizes: tuple[int, ...] = ()
 
     @classmethod
     def make(cls, quick: bool) -> Profile:
         if quick:
-            return cls(quick=True, formation_trials=3, recovery_cap_s=90, barrier_iters=300)
+            return cls(quick=True, formation_trials=3, recovery_cap_s=90, barrier_iters=300, scale_timeout_s=60)
         return cls(quick=False, formation_trials=5, recovery_cap_s=150, barrier_iters=2000,
-                   c10d_scale_sizes=(64,))
+                   scale_timeout_s=180, c10d_scale_sizes=(64,))
 
 
 # ------------------------------------------------------------------ small helpers
@@ -203,9 +208,11 @@ class Spawned:
             return None
 
     def kill(self) -> None:
-        kill_tree(self.proc.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(10)
+        """Kill the tree once; a reaped process is left alone (its pid may belong to someone else now)."""
+        if self.proc.returncode is None:
+            kill_tree(self.proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
         self._log.close()
 
     def tail(self, chars: int = 1500) -> str:
@@ -241,6 +248,10 @@ class NodeGroup:
     indices: tuple[int, ...]
     host_index: int | None  # the node that hosts the store / coordinator; None: a standalone one
     run_dir: str
+    client_log: str | None = None  # where torchrt clients log why a coordinator connection ended
+
+
+CLIENT_LOGGER = "torchrt.coordinator.client"
 
 
 @dataclasses.dataclass
@@ -302,15 +313,29 @@ def _shut_down(handlers: dict[int, RendezvousHandler], signals: Signals) -> None
         signals.messages.put(("down", {"index": index}))
 
 
+def _log_client_debug(path: str | None) -> logging.Handler | None:
+    if path is None:
+        return None
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    logger = logging.getLogger(CLIENT_LOGGER)
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    return handler
+
+
 def node_process(group: NodeGroup, signals: Signals, timeout: float) -> None:
     """Body of one forked node process: its nodes rendezvous in threads, then shut down in order."""
     handlers: dict[int, RendezvousHandler] = {}
+    log_handler = _log_client_debug(group.client_log)
     threads = [threading.Thread(target=_run_node, args=(group, i, signals, handlers, timeout), daemon=True)
                for i in group.indices]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout)
+    if log_handler is not None:  # connections closed by our own shutdown are not news
+        logging.getLogger(CLIENT_LOGGER).removeHandler(log_handler)
     if not signals.release.wait(timeout):
         return
     host = {i: h for i, h in handlers.items() if i == group.host_index}
@@ -319,37 +344,50 @@ def node_process(group: NodeGroup, signals: Signals, timeout: float) -> None:
         _shut_down(host, signals)
 
 
-def _collect(signals: Signals, kind: str, count: int, deadline: float) -> list[Json]:
-    records: list[Json] = []
-    while len(records) < count:
+@dataclasses.dataclass
+class NodesRun:
+    """What the simulated nodes reported: the go time, one record per node, why some are missing."""
+
+    go: float | None
+    records: list[Json]
+    problem: str | None = None
+
+
+def _collect(signals: Signals, kind: str, count: int, deadline: float, into: list[Json]) -> str | None:
+    """Gather ``count`` messages of ``kind`` into ``into``; a description of the shortfall on timeout."""
+    while len(into) < count:
         try:
             got, record = signals.messages.get(timeout=max(0.01, deadline - time.monotonic()))
         except queue.Empty:
-            raise TimeoutError(f"{len(records)} of {count} nodes reported {kind!r} in time") from None
+            return f"only {len(into)} of {count} nodes reported {kind!r} in time"
         if got == kind:
-            records.append(record)
-    return records
+            into.append(record)
+    return None
 
 
-def run_nodes(groups: list[NodeGroup], timeout: float) -> tuple[float, list[Json]]:
-    """Fork one process per group, release every node at once; the go time and every node's record."""
+def run_nodes(groups: list[NodeGroup], timeout: float) -> NodesRun:
+    """Fork one process per group, release every node at once when all are ready, gather their records."""
     signals = Signals()
     total = sum(len(g.indices) for g in groups)
-    hosted = sum(1 for g in groups if g.host_index in g.indices)
+    guests = total - sum(1 for g in groups if g.host_index in g.indices)
     procs = [MP.Process(target=node_process, args=(g, signals, timeout), daemon=True) for g in groups]
     sys.stdout.flush()
     sys.stderr.flush()
     deadline = time.monotonic() + timeout
+    run = NodesRun(go=None, records=[])
     try:
         for proc in procs:
             proc.start()
-        _collect(signals, "ready", total, deadline)
-        go = time.time()
+        run.problem = _collect(signals, "ready", total, deadline, [])
+        if run.problem:
+            return run
+        run.go = time.time()
         signals.go.set()
-        records = _collect(signals, "result", total, deadline)
+        run.problem = _collect(signals, "result", total, deadline, run.records)
+        if run.problem:  # some nodes are stuck in next_rendezvous: nothing to shut down in order
+            return run
         signals.release.set()
-        with contextlib.suppress(TimeoutError):
-            _collect(signals, "down", total - hosted, time.monotonic() + 30)
+        _collect(signals, "down", guests, time.monotonic() + 30, [])
         signals.release_host.set()
         for proc in procs:
             proc.join(max(1.0, deadline - time.monotonic()))
@@ -361,22 +399,24 @@ def run_nodes(groups: list[NodeGroup], timeout: float) -> tuple[float, list[Json
             if proc.is_alive():
                 proc.kill()
             proc.join(5)
-    return go, records
+    return run
 
 
-def check_round(records: list[Json], nnodes: int) -> None:
-    """Every node joined the same round of ``nnodes`` with a distinct rank 0..nnodes-1."""
-    errors = [r for r in records if "error" in r]
-    if errors:
-        raise RuntimeError(f"{len(errors)} node(s) failed, e.g. {errors[0]}")
-    ranks = sorted(r["rank"] for r in records)
+def round_problem(run: NodesRun, nnodes: int) -> str | None:
+    """Why ``run`` is not one round of ``nnodes`` with distinct ranks 0..nnodes-1; None when it is."""
+    errors = [r["error"] for r in run.records if "error" in r]
+    if run.problem or errors:
+        failed = f"{len(errors)} node(s) failed, e.g. {errors[0]}" if errors else None
+        return "; ".join(p for p in (run.problem, failed) if p)
+    ranks = sorted(r["rank"] for r in run.records)
     if ranks != list(range(nnodes)):
-        raise RuntimeError(f"ranks are not 0..{nnodes - 1}: {ranks[:10]}...")
-    if {r["world_size"] for r in records} != {nnodes}:
-        raise RuntimeError(f"world sizes differ: {sorted({r['world_size'] for r in records})}")
-    rounds = {r["round"] for r in records}
+        return f"ranks are not 0..{nnodes - 1}: {ranks[:10]}..."
+    if {r["world_size"] for r in run.records} != {nnodes}:
+        return f"world sizes differ: {sorted({r['world_size'] for r in run.records})}"
+    rounds = {r["round"] for r in run.records}
     if len(rounds) != 1:
-        raise RuntimeError(f"nodes ended in different rounds: {sorted(map(str, rounds))}")
+        return f"nodes ended in different rounds: {sorted(map(str, rounds))}"
+    return None
 
 
 def split(indices: range, parts: int) -> list[tuple[int, ...]]:
@@ -385,25 +425,37 @@ def split(indices: range, parts: int) -> list[tuple[int, ...]]:
 
 # ------------------------------------------------------------------ formation
 def formation_trial(backend: str, nnodes: int, tmp: Path) -> float:
+    """Seconds from the last node's call to the last node's return (raises RuntimeError on a bad round)."""
     run_id = fresh_run_id(f"form-{backend}-{nnodes}")
     endpoint = fresh_endpoint()
     groups = [NodeGroup(backend, endpoint, run_id, nnodes, (i,), 0, str(tmp / run_id)) for i in range(nnodes)]
-    _, records = run_nodes(groups, timeout=120)
-    check_round(records, nnodes)
-    return max(r["ret"] for r in records) - max(r["call"] for r in records)
+    run = run_nodes(groups, timeout=120)
+    problem = round_problem(run, nnodes)
+    if problem:
+        raise RuntimeError(problem)
+    return max(r["ret"] for r in run.records) - max(r["call"] for r in run.records)
 
 
 def measure_formation(profile: Profile, tmp: Path) -> Json:
     samples: dict[str, dict[str, list[float]]] = {b: {str(n): [] for n in profile.formation_sizes}
                                                    for b in BACKENDS}
-    for trial in range(profile.formation_trials):
+    failures: list[str] = []
+    for trial in range(1, profile.formation_trials + 1):
         for nnodes in profile.formation_sizes:
-            for backend in BACKENDS:
-                seconds = formation_trial(backend, nnodes, tmp)
+            for backend in BACKENDS:  # interleaved, so both backends see the same noise
+                try:
+                    seconds = formation_trial(backend, nnodes, tmp)
+                except RuntimeError as e:
+                    failures.append(f"trial {trial} {backend} N={nnodes}: {e}")
+                    log(f"formation trial {trial} {backend:7} N={nnodes}: FAILED {e}")
+                    continue
                 samples[backend][str(nnodes)].append(seconds)
-                log(f"formation trial {trial + 1} {backend:7} N={nnodes}: {seconds:.3f} s")
-    return {"formation_s": {b: {n: median(v) for n, v in per.items()} for b, per in samples.items()},
-            "formation_trials_s": samples}
+                log(f"formation trial {trial} {backend:7} N={nnodes}: {seconds:.3f} s")
+    out: Json = {"formation_s": {b: {n: median(v) for n, v in per.items()} for b, per in samples.items()},
+                 "formation_trials_s": samples}
+    if failures:
+        out["formation_failures"] = failures
+    return out
 
 
 # ------------------------------------------------------------------ recovery
@@ -499,11 +551,21 @@ def barrier_job(world: int, iters: int, tmp: Path) -> dict[str, list[float]]:
 
 def measure_barrier(profile: Profile, tmp: Path) -> Json:
     result: dict[str, Json] = {"torchrt": {}, "gloo": {}}
+    reasons: Json = {}
     for world in profile.barrier_sizes:
-        for kind, samples in barrier_job(world, profile.barrier_iters, tmp).items():
+        try:
+            pooled = barrier_job(world, profile.barrier_iters, tmp)
+        except RuntimeError as e:
+            reasons[str(world)] = str(e)
+            log(f"barrier W={world}: FAILED {e}")
+            continue
+        for kind, samples in pooled.items():
             result[kind][str(world)] = percentiles_us(samples)
         log(f"barrier W={world}: torchrt {result['torchrt'][str(world)]}, gloo {result['gloo'][str(world)]}")
-    return {"barrier_us": result}
+    out: Json = {"barrier_us": result}
+    if reasons:
+        out["barrier_reason"] = reasons
+    return out
 
 
 # ------------------------------------------------------------------ scale
@@ -518,61 +580,123 @@ def standalone_coordinator(endpoint: str, run_dir: Path, log_path: Path) -> Iter
         yield coordinator
 
 
-def scale_trial(backend: str, nnodes: int, procs: int, tmp: Path) -> float:
-    """Seconds from the go until the last of ``nnodes`` simulated nodes got its round."""
+def coordinator_events(run_dir: Path) -> list[Json]:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            events.append(json.loads(line))
+    return events
+
+
+def connection_ends(client_log: Path) -> Json:
+    """Why torchrt clients lost their coordinator connection during the rendezvous, with counts."""
+    if not client_log.exists():
+        return {}
+    reasons = [line.split(" ended: ", 1)[1].strip() for line in client_log.read_text().splitlines()
+               if " ended: " in line]
+    return dict(collections.Counter(reasons))
+
+
+def scale_detail(run: NodesRun, run_dir: Path, client_log: Path) -> Json:
+    """Where the time went: the coordinator's own record of the round, and the nodes' returns."""
+    events = coordinator_events(run_dir)
+    detail: Json = {"event_counts": dict(collections.Counter(e["type"] for e in events))}
+    completed = [e["ts"] for e in events if e["type"] == "round_completed"]
+    if run.go is not None and completed:
+        detail["round_completed_at_coordinator_s"] = round(completed[0] - run.go, 3)
+    dead = [e.get("reason") for e in events if e["type"] == "node_dead"]
+    if dead:
+        detail["node_dead_reasons"] = dict(collections.Counter(map(str, dead)))
+    ends = connection_ends(client_log)
+    if ends:
+        detail["client_connection_ends"] = ends
+    returned = sorted(r["ret"] - run.go for r in run.records if "ret" in r and run.go is not None)
+    if returned:
+        detail["first_return_s"] = round(returned[0], 3)
+        detail["median_return_s"] = round(returned[len(returned) // 2], 3)
+    return detail
+
+
+def scale_trial(backend: str, nnodes: int, procs: int, timeout: float, tmp: Path) -> tuple[float | None, Json]:
+    """Seconds from the go until the last of ``nnodes`` simulated nodes got its round, and details."""
     run_id = fresh_run_id(f"scale-{backend}-{nnodes}")
     endpoint = fresh_endpoint()
     work = tmp / run_id
     work.mkdir()
     host_index = 0 if backend == "c10d" else None
-    groups = [NodeGroup(backend, endpoint, run_id, nnodes, part, host_index, str(work / "run"))
+    groups = [NodeGroup(backend, endpoint, run_id, nnodes, part, host_index, str(work / "run"),
+                        client_log=str(work / "clients.log"))
               for part in split(range(nnodes), procs)]
     with contextlib.ExitStack() as stack:
         if backend == "torchrt":
             stack.enter_context(standalone_coordinator(endpoint, work / "run", work / "coordinator.log"))
-        go, records = run_nodes(groups, timeout=300)
-    check_round(records, nnodes)
-    return max(r["ret"] for r in records) - go
+        run = run_nodes(groups, timeout)
+    detail = scale_detail(run, work / "run", work / "clients.log")
+    problem = round_problem(run, nnodes)
+    if problem:
+        detail["reason"] = problem
+        coordinator_log = work / "coordinator.log"
+        if coordinator_log.exists():
+            detail["coordinator_log_tail"] = coordinator_log.read_text(errors="replace")[-2000:]
+        return None, detail
+    assert run.go is not None
+    return max(r["ret"] for r in run.records) - run.go, detail
 
 
 def measure_scale(profile: Profile, tmp: Path) -> Json:
-    out: Json = {"scale_s": {}}
+    out: Json = {"scale_s": {}, "scale_detail": {}}
     plan = [("torchrt", n) for n in profile.scale_sizes] + [("c10d", n) for n in profile.c10d_scale_sizes]
     for backend, nnodes in plan:
         key = "scale_s" if backend == "torchrt" else "scale_s_c10d"
-        try:
-            seconds: float | None = scale_trial(backend, nnodes, profile.scale_procs, tmp)
-        except (RuntimeError, TimeoutError) as e:
-            seconds = None
-            out.setdefault(f"{key}_reason", {})[str(nnodes)] = str(e)
+        seconds, detail = scale_trial(backend, nnodes, profile.scale_procs, profile.scale_timeout_s, tmp)
         out.setdefault(key, {})[str(nnodes)] = seconds
-        log(f"scale {backend:7} N={nnodes}: " + (f"{seconds:.2f} s" if seconds is not None else "failed"))
+        out["scale_detail"][f"{backend}-{nnodes}"] = detail
+        log(f"scale {backend:7} N={nnodes}: " + (f"{seconds:.2f} s" if seconds is not None else "failed")
+            + f" {detail}")
     return out
 
 
 # ------------------------------------------------------------------ report
-def goals(results: Json) -> Json:
-    """The targets, each True/False (None when not measured)."""
-    form = results.get("formation_s")
-    rec = results.get("recovery_s")
-    bar = results.get("barrier_us")
-    scale = results.get("scale_s", {}).get("1024")
+def ratios(results: Json) -> Json:
+    """How many times faster torchrt is than its peer (peer / torchrt), per measure."""
     out: Json = {}
+    form = results.get("formation_s")
     if form:
-        r = [ratio(form["c10d"][n], form["torchrt"][n]) for n in form["torchrt"]]
-        out["formation_5x_faster_than_c10d"] = all(x is not None and x >= 5 for x in r)
+        out["formation"] = {n: ratio(form["c10d"][n], ours) for n, ours in form["torchrt"].items()}
+    rec = results.get("recovery_s")
     if rec:
-        ours, peer = rec.get("torchrt"), rec.get("c10d")
-        if peer is None and ours is not None:  # c10d missed the cap: the cap is a lower bound for it
-            peer = results["meta"]["recovery_cap_s"]
-        x = ratio(peer, ours)
-        out["recovery_3x_faster_than_c10d"] = None if ours is None and peer is None else bool(x and x >= 3)
+        capped = rec.get("c10d") is None and rec.get("torchrt") is not None
+        peer = results["meta"]["recovery_cap_s"] if capped else rec.get("c10d")
+        out["recovery"] = ratio(peer, rec.get("torchrt"))
+        out["recovery_is_lower_bound"] = capped  # c10d did not recover within the cap
+    bar = results.get("barrier_us")
     if bar:
-        p50 = {k: {w: v["p50"] for w, v in per.items()} for k, per in bar.items()}
-        if "8" in p50["torchrt"]:
-            out["barrier_p50_w8_le_1000us"] = p50["torchrt"]["8"] <= 1000
-        out["barrier_2x_faster_than_gloo"] = all(p50["gloo"][w] >= 2 * p50["torchrt"][w] for w in p50["torchrt"])
+        out["barrier_p50"] = {w: ratio(bar["gloo"][w]["p50"], v["p50"]) for w, v in bar["torchrt"].items()}
+        out["barrier_p99"] = {w: ratio(bar["gloo"][w]["p99"], v["p99"]) for w, v in bar["torchrt"].items()}
+    return out
+
+
+def goals(results: Json) -> Json:
+    """The targets, each True/False, or None when not measured."""
+    x = results["ratios"]
+    out: Json = {}
+
+    def at_least(values: list[float | None], target: float) -> bool:
+        return bool(values) and all(v is not None and v >= target for v in values)
+
+    if "formation" in x:
+        out["formation_5x_faster_than_c10d"] = at_least(list(x["formation"].values()), 5)
+    if "recovery" in x:
+        out["recovery_3x_faster_than_c10d"] = at_least([x["recovery"]], 3)
+    if "barrier_p50" in x:
+        w8 = results["barrier_us"]["torchrt"].get("8")
+        out["barrier_p50_w8_le_1000us"] = None if w8 is None else w8["p50"] <= 1000
+        out["barrier_2x_faster_than_gloo"] = at_least(list(x["barrier_p50"].values()), 2)
     if "scale_s" in results:
+        scale = results["scale_s"].get("1024")
         out["scale_1024_le_5s"] = scale is not None and scale <= 5
     return out
 
@@ -580,7 +704,7 @@ def goals(results: Json) -> Json:
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    return f"{value:,.0f} {unit}" if unit == "µs" else f"{value:.2f} {unit}"
+    return f"{value:,.0f} {unit}" if unit == "µs" else f"{value:.3f} {unit}"
 
 
 def table(results: Json) -> str:
@@ -593,12 +717,16 @@ def table(results: Json) -> str:
     for n, ours in results.get("formation_s", {}).get("torchrt", {}).items():
         add(f"formation N={n} (c10d)", ours, results["formation_s"]["c10d"][n], "s")
     if "recovery_s" in results:
-        add("recovery after SIGKILL (c10d)", results["recovery_s"]["torchrt"], results["recovery_s"]["c10d"], "s")
+        capped = results["ratios"]["recovery_is_lower_bound"]
+        add(f"recovery after SIGKILL (c10d{', missed the cap' if capped else ''})",
+            results["recovery_s"]["torchrt"], results["recovery_s"]["c10d"], "s")
     for w, ours in results.get("barrier_us", {}).get("torchrt", {}).items():
         for q in ("p50", "p99"):
             add(f"barrier W={w} {q} (gloo)", ours[q], results["barrier_us"]["gloo"][w][q], "µs")
     for n, ours in results.get("scale_s", {}).items():
         add(f"scale N={n} (c10d: n/a)", ours, None, "s")
+        formed = results.get("scale_detail", {}).get(f"torchrt-{n}", {}).get("round_completed_at_coordinator_s")
+        add("  round complete at coordinator", formed, None, "s")
     for n, peer in results.get("scale_s_c10d", {}).items():
         add(f"scale N={n} (c10d)", None, peer, "s")
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -650,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in sections:
             results.update(MEASUREMENTS[name](profile, Path(tmp)))
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["ratios"] = ratios(results)
     results["meta"]["goals"] = goals(results)
     print(table(results), flush=True)
     if args.json:

@@ -54,6 +54,7 @@ class WorkerContext:
 
 
 _context: WorkerContext | None = None
+_job_store: dist.Store | None = None
 _barrier_store: dist.Store | None = None
 _barrier_seq: dict[str, int] = {}
 
@@ -86,6 +87,11 @@ def init(backend: str | None = None, timeout: timedelta = timedelta(minutes=10))
     return _context
 
 
+def is_initialized() -> bool:
+    """Whether ``init`` ran in this process."""
+    return _context is not None
+
+
 def current() -> WorkerContext:
     """The context ``init`` returned; raises if ``init`` was not called."""
     if _context is None:
@@ -111,24 +117,70 @@ def barrier(name: str = "barrier", timeout: timedelta | None = None) -> float:
         store.wait([f"{key}/release/{seq}"])
         elapsed = time.perf_counter() - started
     if ctx.rank == 0:
-        get_reporter().emit("barrier", name=name, seq=seq, world_size=ctx.world_size,
-                            latency_us=round(elapsed * 1e6, 1))
+        _barrier_reports.setdefault(name, _BarrierReport(name)).add(seq, ctx.world_size, elapsed)
     return elapsed
+
+
+class _BarrierReport:
+    """Rank 0's barrier completions, reported as one ``barrier`` event per name and second.
+
+    A training loop may pass thousands of barriers a second; an event for each would cost the
+    coordinator (and, on a small machine, the workers sharing its CPUs) more than the barriers.
+    The first completion of a name is reported at once; later ones as a window: how many, and
+    their median and maximum latency.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.latencies: list[float] = []
+        self.reported_at: float | None = None
+        self.last: tuple[int, int] = (0, 0)
+
+    def add(self, seq: int, world_size: int, elapsed: float) -> None:
+        self.latencies.append(elapsed)
+        self.last = (seq, world_size)
+        now = time.monotonic()
+        if self.reported_at is None or now - self.reported_at >= BARRIER_REPORT_INTERVAL_S:
+            self.report(now)
+
+    def report(self, now: float) -> None:
+        if not self.latencies:
+            return
+        ordered = sorted(self.latencies)
+        get_reporter().emit("barrier", name=self.name, seq=self.last[0], world_size=self.last[1],
+                            completions=len(ordered), latency_us=round(ordered[-1] * 1e6, 1),
+                            p50_us=round(ordered[len(ordered) // 2] * 1e6, 1),
+                            max_us=round(ordered[-1] * 1e6, 1))
+        self.latencies.clear()
+        self.reported_at = now
+
+
+BARRIER_REPORT_INTERVAL_S = 1.0
+_barrier_reports: dict[str, _BarrierReport] = {}
+
+
+def job_store(timeout: timedelta | None = None) -> dist.Store:
+    """The store all workers of the job share: the coordinator's under torchrt (it outlives
+    the round's rank 0), else the default process group's. One client per process."""
+    global _job_store
+    if _job_store is None:
+        ctx = current()
+        address = os.environ.get("TORCHRT_STORE")
+        if address and ctx.run_id is not None and ctx.round is not None:
+            host, port = parse_endpoint(address)
+            _job_store = dist.TCPStore(host, port, is_master=False, use_libuv=True,
+                                       timeout=timeout or timedelta(minutes=10))
+        else:  # plain torchrun
+            _job_store = dist.distributed_c10d._get_default_store()
+    return _job_store
 
 
 def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> dist.Store:
     global _barrier_store
     if _barrier_store is None:
-        address = os.environ.get("TORCHRT_STORE")
-        if address and ctx.run_id is not None and ctx.round is not None:
-            host, port = parse_endpoint(address)
-            base: dist.Store = dist.TCPStore(host, port, is_master=False, use_libuv=True,
-                                             timeout=timeout or timedelta(minutes=10))
-            prefix = round_store_prefix(ctx.run_id, ctx.round)
-        else:  # plain torchrun: the default process group's store
-            base = dist.distributed_c10d._get_default_store()
-            prefix = "torchrt/"
-        _barrier_store = dist.PrefixStore(prefix, base)
+        under_torchrt = os.environ.get("TORCHRT_STORE") and ctx.run_id is not None and ctx.round is not None
+        prefix = round_store_prefix(ctx.run_id, ctx.round) if under_torchrt else "torchrt/"
+        _barrier_store = dist.PrefixStore(prefix, job_store(timeout))
     return _barrier_store
 
 
@@ -174,6 +226,8 @@ def _start_telemetry(ctx: WorkerContext) -> None:
     set_reporter(reporter)
 
     def stop() -> None:
+        for pending in _barrier_reports.values():
+            pending.report(time.monotonic())
         reporter.close()
         client.close()
 

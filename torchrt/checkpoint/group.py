@@ -2,9 +2,9 @@
 
 Design
 ------
-Everything goes through the job's c10d store (the coordinator's world: under
-``torchrt`` the store rank 0 hosts for the round, under plain torchrun the
-agent's), never through collectives on the training process group, so the
+Everything goes through the job's c10d store (under ``torchrt.init()`` the
+coordinator's store, so ranks report their shards through the coordinator;
+otherwise the default process group's), never through collectives on the training process group, so the
 background threads that report and commit never block or reorder the
 training loop's own collectives. Keys live under
 ``torchrt/ckpt/<nonce>/``, where ``<nonce>`` is drawn by rank 0 when the
@@ -125,6 +125,16 @@ class LocalGroup(CheckpointGroup):
         return [obj]
 
 
+def _shared_store() -> dist.Store:
+    """The coordinator's store when torchrt.init() ran under torchrt (ranks then report their
+    shards through the coordinator), else the default process group's."""
+    from torchrt import distributed
+
+    if distributed.is_initialized():
+        return distributed.job_store()
+    return dist.distributed_c10d._get_default_store()
+
+
 def _base_store(store: dist.Store) -> dist.Store:
     while isinstance(store, dist.PrefixStore):
         store = store.underlying_store
@@ -153,8 +163,7 @@ class StoreGroup(CheckpointGroup):
         box = [os.urandom(8).hex() if rank == 0 else None]
         dist.broadcast_object_list(box, src=dist.get_global_rank(process_group, 0)
                                    if process_group is not None else 0, group=process_group)
-        store = dist.distributed_c10d._get_default_store()
-        return cls(store, f"torchrt/ckpt/{box[0]}/", rank, world, process_group)
+        return cls(_shared_store(), f"torchrt/ckpt/{box[0]}/", rank, world, process_group)
 
     def _conn(self) -> dist.Store:
         conn = getattr(self._local, "conn", None)

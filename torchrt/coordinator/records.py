@@ -60,7 +60,7 @@ def scalars_of(event: Event) -> list[tuple[str, float, int]]:
         n = int(event["round"])
         return [("rendezvous/round_total_s", event["total_s"], n), ("rendezvous/world_size", event["world_size"], n)]
     if kind == "barrier":
-        return [(f"barrier/{event['name']}/latency_us", event["latency_us"], int(event["seq"]))]
+        return [(f"barrier/{event['name']}/p50_us", event.get("p50_us", event["latency_us"]), int(event["seq"]))]
     if kind == "checkpoint_saved":
         step = int(event["step"])
         return [(f"checkpoint/{key}/rank{rank}", event[key], step) for key in ("stall_s", "write_s", "mb_s")]
