@@ -248,3 +248,15 @@ def test_join_survives_a_dropped_connection(coordinator):
     assert results["a"].world_size == info_b.world_size == 2
     a.shutdown()
     b.shutdown()
+
+
+def test_a_coordinator_that_cannot_bind_leaves_nothing_behind(coordinator, tmp_path):
+    # Every agent on the endpoint's host tries to host; all but one find the port taken.
+    def torchrt_threads() -> list[str]:
+        return sorted(t.name for t in threading.enumerate() if t.name.startswith("torchrt-"))
+
+    before = torchrt_threads()
+    second = Coordinator(CoordinatorConfig(run_dir=tmp_path / "second", port=coordinator.port))
+    with pytest.raises(OSError):
+        second.start()
+    assert torchrt_threads() == before

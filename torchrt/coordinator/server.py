@@ -127,10 +127,18 @@ class Coordinator:
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        """Bind both ports and serve; on ``OSError`` (e.g. the endpoint is taken) nothing is
+        left behind: sockets, threads and the event log are released before it propagates."""
         host = self.config.host
-        self._control_sock = _listen(host, self.config.port)
-        self.port = self._control_sock.getsockname()[1]
-        store_sock = _listen(host, 0)
+        try:
+            self._control_sock = _listen(host, self.config.port)
+            self.port = self._control_sock.getsockname()[1]
+            store_sock = _listen(host, 0)
+        except OSError:
+            if self._control_sock is not None:
+                self._control_sock.close()
+            self._release()
+            raise
         self.store_port = store_sock.getsockname()[1]
         self._store = dist.TCPStore(  # takes ownership of the listening socket
             _connect_host(host), self.store_port, is_master=True, wait_for_workers=False,
@@ -163,10 +171,14 @@ class Coordinator:
             self._stopped.set()
             if self._thread is not None:
                 self._thread.join(timeout=10)
-            self._store = None
-            self._state_writer.shutdown(wait=True)
-            self._metrics.close()
-            self.events.close()
+            self._release()
+
+    def _release(self) -> None:
+        """Free what the constructor and ``start`` acquired (not the loop's sockets)."""
+        self._store = None
+        self._state_writer.shutdown(wait=True)
+        self._metrics.close()
+        self.events.close()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the coordinator has stopped; False on timeout."""
@@ -266,7 +278,7 @@ class Coordinator:
         if message.get("version") != PROTOCOL_VERSION:
             raise _Rejected("protocol", f"protocol version {message.get('version')} is not "
                                         f"{PROTOCOL_VERSION}; install the same torchrt everywhere")
-        who = f"{role} {message.get('node_id') or message.get('info', {}).get('rank', '')}".strip()
+        who = f"{role} {message.get('node_id') or (message.get('info') or {}).get('rank', '')}".strip()
         if not hmac.compare_digest(str(message.get("token") or ""), str(self.config.token or "")):
             raise _Rejected("rejected", f"{who} presented a token that does not match the token of "
                                         f"the coordinator at {self.endpoint}")

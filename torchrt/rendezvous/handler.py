@@ -201,7 +201,6 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             coordinator.start()
         except OSError as e:
             logger.debug("not hosting the coordinator at %s (%s); joining the one there", self._endpoint, e)
-            coordinator.events.close()
             return
         self._hosted = coordinator
 
