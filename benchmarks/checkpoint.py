@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _common import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -86,12 +86,6 @@ def make_state(total_bytes: int, rank: int, world: int) -> dict:
 
 def state_bytes(state: dict) -> int:
     return sum(t.numel() * t.element_size() for t in state["model"].values())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _barrier(world: int) -> None:

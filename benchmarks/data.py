@@ -51,7 +51,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -60,20 +59,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from _common import log, machine, write_results
 from torchrt.data import ShardedPipeline, ShardReader, SyntheticSource, write_shards
 from torchrt.data.shards import INDEX_FILE
 
 Json = dict[str, Any]
 BATCH = 256
 WORLD = 2
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------- the data
@@ -325,12 +320,6 @@ def measure_resume(reader: ShardReader, ds: MemmapDataset, workers_list: list[in
 
 
 # --------------------------------------------------------------------------------------------- main
-def machine() -> Json:
-    return {"host": platform.node(), "cpu_count": os.cpu_count(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__, "cuda": torch.cuda.is_available()}
-
-
 def table(results: Json) -> str:
     w = str(results["config"]["workers"])
     t, r, e = results["throughput"][w], results["resume_s"][w], results["elastic"]
@@ -407,14 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         and results["elastic"]["torchrt"]["duplicated"] == 0,
     }
     results["meta"] = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                       "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
+                       "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                       "machine": {**machine(), "numpy": np.__version__},
                        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                        "elapsed_s": round(time.monotonic() - started, 1)}
     print(table(results), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        log(f"wrote {args.json}")
+    write_results(args.json, results)
     return 0
 
 

@@ -59,10 +59,8 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import platform
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,7 +73,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-import torch
+from _common import free_port, log, machine, write_results
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
 
@@ -114,12 +112,6 @@ class Profile:
 
 
 # ------------------------------------------------------------------ small helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def fresh_endpoint() -> str:
     return f"127.0.0.1:{free_port()}"
 
@@ -737,17 +729,10 @@ def table(results: Json) -> str:
     return "\n".join(lines + ["", "goals:"] + verdicts)
 
 
-def log(message: str) -> None:
-    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
-
-
 def meta(profile: Profile, args: argparse.Namespace) -> Json:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": platform.node(), "cpu_count": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(), "quick": profile.quick,
+        **machine(), "quick": profile.quick,
         "formation_trials": profile.formation_trials, "recovery_trials": 1,
         "recovery_cap_s": profile.recovery_cap_s, "barrier_iters_per_rank": profile.barrier_iters,
         "scale_procs": profile.scale_procs, "sections": args.only,
@@ -781,10 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     results["ratios"] = ratios(results)
     results["meta"]["goals"] = goals(results)
     print(table(results), flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        log(f"wrote {args.json}")
+    write_results(args.json, results)
     return 0
 
 

@@ -29,6 +29,15 @@ def connect_and_join(m: Membership, node: str, now: float, port: int = 1000) -> 
     m.join(node, port, now)
 
 
+def formed(min_nodes: int, max_nodes: int) -> tuple[Membership, Recorder]:
+    """Nodes "a" and "b" joined at time 0 and formed round 1."""
+    m, rec = make(min_nodes=min_nodes, max_nodes=max_nodes)
+    connect_and_join(m, "a", 0.0)
+    connect_and_join(m, "b", 0.0)
+    assert m.poll(0.0).participants == ("a", "b")
+    return m, rec
+
+
 def test_full_round_completes_at_once_when_max_nodes_joined():
     m, rec = make(min_nodes=2, max_nodes=2)
     connect_and_join(m, "a", 0.0, port=111)
@@ -92,10 +101,7 @@ def test_spares_do_not_disturb_a_full_round():
 
 
 def test_dead_participant_triggers_reform_with_survivors():
-    m, rec = make(min_nodes=1, max_nodes=2)
-    connect_and_join(m, "a", 0.0)
-    connect_and_join(m, "b", 0.0)
-    m.poll(0.0)
+    m, rec = formed(min_nodes=1, max_nodes=2)
     m.heartbeat("a", 2.0)
     assert m.expire(2.5, 3.0) == ["b"]
     assert m.nodes["b"].status == NodeStatus.DEAD
@@ -123,10 +129,7 @@ def test_reform_waits_for_live_participants_until_rejoin_timeout():
 
 
 def test_all_participants_agree_on_round_number_after_restart():
-    m, rec = make(min_nodes=2, max_nodes=2)
-    connect_and_join(m, "a", 0.0)
-    connect_and_join(m, "b", 0.0)
-    m.poll(0.0)
+    m, rec = formed(min_nodes=2, max_nodes=2)
     m.join("b", 1000, 1.0)
     assert m.poll(1.0) is None, "a is still in round 1: round 2 may not complete without it"
     m.join("a", 1000, 1.5)
@@ -137,10 +140,7 @@ def test_all_participants_agree_on_round_number_after_restart():
 
 
 def test_graceful_leave_and_close():
-    m, rec = make(min_nodes=1, max_nodes=2)
-    connect_and_join(m, "a", 0.0)
-    connect_and_join(m, "b", 0.0)
-    m.poll(0.0)
+    m, rec = formed(min_nodes=1, max_nodes=2)
     m.leave("a", 1.0)
     assert m.restart_hint("b") == 0, "a graceful leave is not a failure"
     connect_and_join(m, "c", 2.0)

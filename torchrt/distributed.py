@@ -51,6 +51,7 @@ class WorkerContext:
     round: int | None
     node_id: str | None
     endpoint: str | None
+    store: str | None  # HOST:PORT of the coordinator's store when started by the torchrt backend
 
 
 _context: WorkerContext | None = None
@@ -80,6 +81,7 @@ def init(backend: str | None = None, timeout: timedelta = timedelta(minutes=10))
         run_id=env.get("TORCHRT_RUN_ID") or env.get("TORCHELASTIC_RUN_ID"),
         round=int(round_text) if round_text else None, node_id=env.get("TORCHRT_NODE_ID"),
         endpoint=env.get("TORCHRT_ENDPOINT"),
+        store=env.get("TORCHRT_STORE") if round_text else None,  # exported with the round
     )
     _start_telemetry(_context)
     if env.get("TORCHELASTIC_RUN_ID") is not None:
@@ -165,9 +167,8 @@ def job_store(timeout: timedelta | None = None) -> dist.Store:
     global _job_store
     if _job_store is None:
         ctx = current()
-        address = os.environ.get("TORCHRT_STORE")
-        if address and ctx.run_id is not None and ctx.round is not None:
-            host, port = parse_endpoint(address)
+        if ctx.store is not None:
+            host, port = parse_endpoint(ctx.store)
             _job_store = dist.TCPStore(host, port, is_master=False, use_libuv=True,
                                        timeout=timeout or timedelta(minutes=10))
         else:  # plain torchrun
@@ -178,8 +179,7 @@ def job_store(timeout: timedelta | None = None) -> dist.Store:
 def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> dist.Store:
     global _barrier_store
     if _barrier_store is None:
-        under_torchrt = os.environ.get("TORCHRT_STORE") and ctx.run_id is not None and ctx.round is not None
-        prefix = round_store_prefix(ctx.run_id, ctx.round) if under_torchrt else "torchrt/"
+        prefix = "torchrt/" if ctx.store is None else round_store_prefix(str(ctx.run_id), int(ctx.round or 0))
         _barrier_store = dist.PrefixStore(prefix, job_store(timeout))
     return _barrier_store
 

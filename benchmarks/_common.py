@@ -1,0 +1,46 @@
+"""Helpers shared by the benchmark scripts: progress lines, free ports, the machine, results.
+
+The scripts are run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+Json = dict[str, Any]
+
+
+def log(message: str) -> None:
+    """A timestamped progress line, flushed at once (benchmarks run for minutes)."""
+    print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine() -> Json:
+    """What the figures were measured on."""
+    return {"host": platform.node(), "cpu_count": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available()}
+
+
+def write_results(path: Path | None, results: Json) -> None:
+    """Write the results as indented JSON when ``--json PATH`` was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    log(f"wrote {path}")
