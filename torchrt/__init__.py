@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["WorkerContext", "__version__", "barrier", "current", "init", "log_metric"]
+__all__ = ["BarrierError", "WorkerContext", "__version__", "barrier", "current", "init", "log_metric"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from torchrt import distributed
 
         return getattr(distributed, name)
+    if name == "BarrierError":
+        from torchrt.errors import BarrierError
+
+        return BarrierError
     if name == "log_metric":
         from torchrt.telemetry import log_metric
 

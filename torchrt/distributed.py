@@ -6,15 +6,21 @@ node has CUDA, Gloo otherwise. Run under plain torchrun (no torchrt handler) it
 falls back to NCCL when this process sees CUDA and Gloo otherwise, so one
 script works under both backends.
 
-``barrier`` is store-based: every rank adds one to a counter and the last one
-to arrive sets the release key of this call, which the others wait on
-(``TCPStore.wait`` is answered by the server the moment the key appears, no
-polling). Each call has its own release key, set once; right after releasing
-call ``n`` the last arriver deletes the key of call ``n - 1``, which is safe
-because every rank has arrived at ``n`` and so has left ``n - 1``. A long job
-thus keeps at most three keys per barrier name, and the cleanup is off the
-other ranks' critical path. Ranks must call barriers of the same name in the
-same order, as with collectives.
+``barrier`` is store-based and costs one round trip to the store: it uses the
+store's own ``BARRIER`` operation (libuv and classic TCPStore servers), which
+adds one to a counter and answers every waiter the moment the counter reaches
+the target. All calls of one name share one key whose counter only grows: call
+``n`` waits for ``n * world_size``. A call can never be released by the
+previous one (it needs more arrivals than existed then), and nobody can arrive
+at ``n + 1`` before ``n`` released everyone, so a long job keeps exactly one key
+per barrier name and nothing is ever deleted on the workers' path. (A counter
+plus a release key per call, the usual recipe, needs two round trips and a
+delete per call: twice as slow here.) Keys live under the round's prefix in the
+coordinator's store, or under ``torchrt/<restart>/`` in plain torchrun's store,
+so a restarted generation never meets its predecessor's counters. Ranks must
+call barriers of the same name in the same order, as with collectives. A call
+that times out leaves its counter short, so the name is then unusable: later
+calls fail at once with ``BarrierError`` rather than pair with a stale count.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from torchrt.coordinator.client import CoordinatorClient
+from torchrt.errors import BarrierError
 from torchrt.protocol import parse_endpoint, round_store_prefix
 from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
 
@@ -56,7 +63,7 @@ class WorkerContext:
 
 _context: WorkerContext | None = None
 _job_store: dist.Store | None = None
-_barrier_store: dist.Store | None = None
+_barrier_store: tuple[dist.Store, str] | None = None
 _barrier_seq: dict[str, int] = {}
 
 
@@ -102,25 +109,32 @@ def current() -> WorkerContext:
 
 
 def barrier(name: str = "barrier", timeout: timedelta | None = None) -> float:
-    """Block until every rank reached barrier ``name``; returns the wait in seconds."""
+    """Block until every rank reached barrier ``name``; returns the wait in seconds.
+
+    ``timeout`` defaults to the store's (ten minutes). Raises ``BarrierError`` naming the
+    barrier, the call and the world size when not every rank arrives in time.
+    """
     ctx = current()
-    store = _store_for_barriers(ctx, timeout)
+    if name in _broken_barriers:
+        raise BarrierError(f"barrier {name!r} timed out earlier in this round; its count is no longer "
+                           "consistent across ranks, so it cannot be used again")
+    store, prefix = _store_for_barriers(ctx, timeout)
     seq = _barrier_seq.get(name, 0) + 1
     _barrier_seq[name] = seq
-    key = f"barrier/{name}"
     started = time.perf_counter()
-    arrived = store.add(f"{key}/count", 1)
-    if arrived == seq * ctx.world_size:
-        store.set(f"{key}/release/{seq}", b"")
-        elapsed = time.perf_counter() - started
-        if seq > 1:  # after the release, off everybody else's critical path
-            store.delete_key(f"{key}/release/{seq - 1}")
-    else:
-        store.wait([f"{key}/release/{seq}"])
-        elapsed = time.perf_counter() - started
+    try:
+        store.barrier(f"{prefix}barrier/{name}", seq * ctx.world_size, timeout)
+    except dist.DistError as e:
+        _broken_barriers.add(name)
+        raise BarrierError(f"barrier {name!r} (call {seq}): not every one of the {ctx.world_size} ranks "
+                           f"arrived: {e}") from e
+    elapsed = time.perf_counter() - started
     if ctx.rank == 0:
         _barrier_reports.setdefault(name, _BarrierReport(name)).add(seq, ctx.world_size, elapsed)
     return elapsed
+
+
+_broken_barriers: set[str] = set()
 
 
 class _BarrierReport:
@@ -176,11 +190,19 @@ def job_store(timeout: timedelta | None = None) -> dist.Store:
     return _job_store
 
 
-def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> dist.Store:
+def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> tuple[dist.Store, str]:
+    """The TCPStore itself (a PrefixStore would not forward its ``barrier`` operation) and the
+    key prefix that keeps this round's or this restart generation's barriers apart."""
     global _barrier_store
     if _barrier_store is None:
-        prefix = "torchrt/" if ctx.store is None else round_store_prefix(str(ctx.run_id), int(ctx.round or 0))
-        _barrier_store = dist.PrefixStore(prefix, job_store(timeout))
+        store = job_store(timeout)
+        while isinstance(store, dist.PrefixStore):  # plain torchrun's default store
+            store = store.underlying_store
+        if ctx.store is None:
+            prefix = f"torchrt/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        else:
+            prefix = round_store_prefix(str(ctx.run_id), int(ctx.round or 0))
+        _barrier_store = (store, prefix)
     return _barrier_store
 
 

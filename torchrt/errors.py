@@ -2,12 +2,14 @@
 
 Everything that can go wrong while nodes meet derives from torch's own
 ``RendezvousError`` so that torchrun's elastic agent treats it exactly like a
-failure of its built-in backends. Messages always name the node, run id or
-setting that is at fault.
+failure of its built-in backends. A barrier that times out is a store error,
+as it would be for torch's own store operations. Messages always name the
+node, run id, barrier or setting that is at fault.
 """
 
 from __future__ import annotations
 
+from torch.distributed import DistStoreError
 from torch.distributed.elastic.rendezvous.api import (
     RendezvousClosedError,
     RendezvousConnectionError,
@@ -16,6 +18,7 @@ from torch.distributed.elastic.rendezvous.api import (
 )
 
 __all__ = [
+    "BarrierError",
     "CoordinatorUnavailableError",
     "NodeRejectedError",
     "ProtocolError",
@@ -42,6 +45,10 @@ class NodeRejectedError(RendezvousError):
 
 class ProtocolError(RendezvousConnectionError):
     """The peer at the endpoint does not speak torchrt's protocol."""
+
+
+class BarrierError(DistStoreError):
+    """Not every rank reached a ``torchrt.barrier`` in time (a store error, as torch's own)."""
 
 
 _BY_CODE: dict[str, type[RendezvousError]] = {
