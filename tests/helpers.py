@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,20 @@ def assert_same(a: dict, b: dict, what: str = "") -> None:
     assert a.keys() == b.keys(), what
     for k in a:
         assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
+
+
+def spawn_ranks(worker: Callable[..., None], world: int, *args: Any) -> None:
+    """Run ``worker(rank, world, port, *args)`` in ``world`` spawned processes (a free port for
+    their store); a worker's exception fails the caller with its traceback."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(worker, args=(world, free_port(), *args), nprocs=world, start_method="spawn", join=True)
+
+
+def init_gloo(rank: int, world: int, port: int) -> None:
+    """What torchrun would set up for a worker, minus the agent: a store on ``port`` and gloo."""
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timedelta(seconds=60), use_libuv=True)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
+

@@ -21,7 +21,11 @@ def _join(rank: int, world: int, port: int, env: dict[str, str] | None = None) -
         del os.environ[key]
     import torchrt
 
-    torchrt.init(backend="gloo", timeout=timedelta(seconds=60))
+    if "TORCHELASTIC_RESTART_COUNT" in os.environ:  # a generation of workers on an agent's store
+        agent = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
+        attempt = dist.PrefixStore(f"/worker/attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", agent)
+        dist.init_process_group("gloo", store=attempt, rank=rank, world_size=world)
+    torchrt.init(backend="gloo", timeout=timedelta(seconds=60))  # else rank 0 hosts the store here
     return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
 
 
@@ -66,10 +70,11 @@ def test_barrier_holds_everyone_until_the_last_arrives_and_keeps_one_key():
 def test_barrier_of_a_restarted_generation_does_not_meet_the_previous_counters():
     """Plain torchrun restarts workers against the same agent store: generation 1 must not pair
     with generation 0's counts (with one key per name it was released at once; before that, the
-    counter barrier hung). The agent's store is played by this test's TCPStore."""
+    counter barrier hung). The agent's store is played by this test's TCPStore; each generation's
+    process group lives under its own prefix of it, as torchrun's workers' do."""
     agent_store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     for generation in ("0", "1"):
-        env = {"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": generation}
+        env = {"TORCHELASTIC_RESTART_COUNT": generation}
         assert _run(_worker, 2, agent_store.port, 5, env) == []
 
 

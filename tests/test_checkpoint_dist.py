@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from torchrt.checkpoint import CheckpointManager, RNGState, SaveStatus, StateMismatchError
 from torchrt.telemetry import Reporter, set_reporter
 
-from tests.helpers import assert_same, free_port, snapshot
+from tests.helpers import assert_same, init_gloo, snapshot, spawn_ranks
 
 REPLICATED = ("model", "optim", "data", "progress")
 GLOBAL_BATCH = 16
@@ -67,13 +65,8 @@ def train_step(net, opt, data, rank: int, world: int) -> None:
     opt.step()
 
 
-def _init(rank: int, world: int, port: int) -> None:
-    store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timedelta(seconds=60), use_libuv=True)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
-
-
 def _worker(rank: int, world: int, port: int, scenario: str, root: str, out: str) -> None:
-    _init(rank, world, port)
+    init_gloo(rank, world, port)
     events: list[dict] = []
     reporter = Reporter(events.extend, flush_interval=60)
     set_reporter(reporter)
@@ -151,8 +144,7 @@ def check_resized_restore(rank: int, world: int, root: Path, out: Path) -> None:
 
 
 def spawn(scenario: str, world: int, root: Path, out: Path) -> None:
-    mp.start_processes(_worker, args=(world, free_port(), scenario, str(root), str(out)), nprocs=world,
-                       start_method="spawn", join=True)
+    spawn_ranks(_worker, world, scenario, str(root), str(out))
 
 
 @pytest.fixture(scope="module")

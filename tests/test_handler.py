@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 from torch.distributed.elastic.rendezvous import RendezvousParameters

@@ -20,8 +20,8 @@ Modules, one job each: :mod:`~.state` (what a checkpoint holds),
 :mod:`~.layout` (where bytes go), :mod:`~.staging` (persistent host buffers),
 :mod:`~.writer` (parallel checksummed durable writes), :mod:`~.group` (ranks
 talking through the store), :mod:`~.manifest` (the on-disk format),
-:mod:`~.commit` (atomic commit and retention), :mod:`~.restore` (verified
-restore with fallback), :mod:`~.dcp` (a ``torch.distributed.checkpoint``
+:mod:`~.commit` (atomic commit and retention), :mod:`~.reader` (verified
+reads), :mod:`~.restore` (restore with fallback), :mod:`~.dcp` (a ``torch.distributed.checkpoint``
 StorageReader), :mod:`~.manager` (the API), :mod:`~.spec` (YAML section).
 See docs/checkpoint.md.
 """
@@ -30,7 +30,8 @@ from torchrt.checkpoint.errors import (CheckpointConfigError, CheckpointError, C
                                        CorruptCheckpointError, NoValidCheckpointError, StagingError,
                                        StateMismatchError)
 from torchrt.checkpoint.manager import CheckpointManager, SaveHandle, SaveStatus
-from torchrt.checkpoint.restore import CheckpointReader, RestoreResult
+from torchrt.checkpoint.reader import CheckpointReader
+from torchrt.checkpoint.restore import RestoreResult
 from torchrt.checkpoint.rng import RNGState
 from torchrt.checkpoint.spec import CheckpointSpec
 from torchrt.checkpoint.state import Stateful

@@ -14,11 +14,19 @@ that loads with DCP can load a torchrt checkpoint::
     dcp.load(state, storage_reader=TorchrtStorageReader("/ckpt/step_0000000200"))
 
 The FQNs are DCP's (``model.fc.weight``, ``optim.state.0.exp_avg``), since
-torchrt flattens with DCP's traversal rules. Every tensor is one chunk
-covering the whole tensor, so DCP's planner can also read part of it.
+torchrt flattens with DCP's traversal rules. A plain tensor is one chunk
+covering the whole tensor; a DTensor (FSDP2, tensor parallel) is listed with
+every piece the ranks wrote, at its offsets in the global tensor, so DCP's
+planner reads exactly the overlap of each piece with what the loading rank
+holds: any other mesh, world size, or a plain full tensor.
 Replicated keys are served from whichever rank wrote them; per-rank keys from
 the reading rank's record (``rank=`` overrides; default: the process group
-rank, or 0), and are absent when that rank did not exist at save time.
+rank, or 0). A per-rank key of a rank that did not exist at save time is
+absent, unless it holds DTensors: then its other values are taken from rank
+0, as DCP treats non-DTensor values as replicated.
+
+:func:`load_through_planner` is how :mod:`~torchrt.checkpoint.restore` loads
+keys that hold DTensors (in the checkpoint or in the state to load into).
 Non-tensor values are handed to DCP as ``torch.save`` bytes, as DCP's own
 format stores them. Every file read is verified against its CRC-32.
 """
@@ -32,6 +40,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch.futures import Future
 from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
                                                    MetadataIndex, TensorProperties, TensorStorageMetadata)
@@ -39,13 +48,13 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 from torch.distributed.checkpoint.storage import StorageReader
 
 from torchrt.checkpoint.commit import committed_steps
-from torchrt.checkpoint.errors import CheckpointError
-from torchrt.checkpoint.layout import dtype_from_name
+from torchrt.checkpoint.errors import CheckpointError, CorruptCheckpointError
+from torchrt.checkpoint.layout import Slot, dtype_from_name
 from torchrt.checkpoint.manifest import FORMAT, MANIFEST
-from torchrt.checkpoint.restore import CheckpointReader
-from torchrt.checkpoint.state import TensorRef, iter_leaves
+from torchrt.checkpoint.reader import CheckpointReader
+from torchrt.checkpoint.state import ShardRef, TensorRef, iter_leaves, refs
 
-__all__ = ["TorchrtStorageReader"]
+__all__ = ["TorchrtStorageReader", "load_through_planner"]
 
 
 def _resolve(path: Path) -> Path:
@@ -83,29 +92,44 @@ class TorchrtStorageReader(StorageReader):
         rank = self.rank if self.rank is not None else (
             dist.get_rank() if dist.is_available() and dist.is_initialized() else 0)
         replicated = set(m.replicated_keys)
-        owners = m.replicated_index()
+        owners, pieces = m.replicated_index(), m.chunk_index()
         tree0 = reader.tree(0)
-        tree = {k: v for k, v in tree0.items() if k in replicated}
-        if rank < m.world_size:
-            own = reader.tree(rank)
-            tree.update({k: v for k, v in own.items() if k not in replicated})
+        own = reader.tree(rank) if rank < m.world_size else {}
         entries: dict[str, Any] = {}
 
-        def visit(fqn: str, leaf: Any, top: str) -> None:
-            if isinstance(leaf, TensorRef):
-                src = owners[fqn][0] if top in replicated else rank
-                slot = m.ranks[src].slots[fqn]
-                shape = torch.Size(slot.shape)
-                zeros = torch.Size([0] * len(shape))
-                entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=dtype_from_name(slot.dtype)), shape,
-                                                     [ChunkStorageMetadata(offsets=zeros, sizes=shape)])
-                self._where[MetadataIndex(fqn, zeros)] = (src, fqn)
+        def tensor_entry(fqn: str, dtype: str, size: torch.Size, chunks: list[tuple[int, Slot]]) -> None:
+            metas = []
+            for src, slot in chunks:
+                offsets = torch.Size(slot.chunk.offsets if slot.chunk else [0] * len(size))
+                metas.append(ChunkStorageMetadata(offsets=offsets, sizes=torch.Size(slot.shape)))
+                self._where[MetadataIndex(fqn, offsets)] = (src, fqn)
+            entries[fqn] = TensorStorageMetadata(TensorProperties(dtype=dtype_from_name(dtype)), size, metas)
+
+        def visit(fqn: str, leaf: Any, src: int | None) -> None:
+            if isinstance(leaf, ShardRef):
+                if fqn not in pieces:
+                    raise CorruptCheckpointError(reader.step_dir, f"no rank wrote a piece of DTensor {fqn!r}")
+                first = pieces[fqn][0][1]
+                assert first.chunk is not None
+                tensor_entry(fqn, first.dtype, torch.Size(first.chunk.global_shape), pieces[fqn])
+            elif isinstance(leaf, TensorRef):
+                writer = owners[fqn][0] if src is None else src
+                slot = m.ranks[writer].slots[fqn]
+                tensor_entry(fqn, slot.dtype, torch.Size(slot.shape), [(writer, slot)])
             else:
                 entries[fqn] = BytesStorageMetadata()
                 self._objects[fqn] = leaf
 
-        for key, value in tree.items():
-            iter_leaves({key: value}, lambda fqn, leaf, key=key: visit(fqn, leaf, key))
+        for key in [*tree0, *(k for k in own if k not in tree0)]:
+            if key in replicated:
+                tree, src = tree0[key], None
+            elif key in own:
+                tree, src = own[key], rank
+            elif refs(tree0[key], ShardRef):  # DTensor state: its other values are taken as DCP takes
+                tree, src = tree0[key], 0       # them, replicated: rank 0's
+            else:
+                continue  # a per-rank key of a rank that did not exist at save time
+            iter_leaves({key: tree}, lambda fqn, leaf, src=src: visit(fqn, leaf, src))
         return Metadata(state_dict_metadata=entries, storage_data=None)
 
     def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
@@ -154,3 +178,10 @@ class TorchrtStorageReader(StorageReader):
             return f'"format": "{FORMAT}"' in (step_dir / MANIFEST).read_text()[:200]
         except (CheckpointError, OSError):
             return False
+
+
+def load_through_planner(step_dir: Path, state: dict[str, Any], rank: int) -> None:
+    """Load ``state`` (top-level keys to Stateful objects or nested state dicts) from one
+    checkpoint with ``torch.distributed.checkpoint.load``: collective over the default process
+    group when there is one; DCP reshards DTensor pieces onto the state's own placements."""
+    dcp.load(state, storage_reader=TorchrtStorageReader(step_dir, rank=rank))

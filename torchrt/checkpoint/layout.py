@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["ALIGN", "MIN_FILE_BYTES", "FileRange", "Layout", "Slot", "dtype_from_name", "dtype_name", "plan_layout"]
+__all__ = ["ALIGN", "MIN_FILE_BYTES", "Chunk", "FileRange", "Layout", "Slot", "dtype_from_name", "dtype_name", "plan_layout"]
 
 ALIGN = 64
 PAGE = 4096
@@ -47,8 +47,16 @@ def dtype_from_name(name: str) -> torch.dtype:
 
 
 @dataclasses.dataclass(frozen=True)
+class Chunk:
+    """Where a rank's piece of a DTensor sits in the global tensor."""
+
+    global_shape: tuple[int, ...]
+    offsets: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Slot:
-    """One tensor in the stream."""
+    """One tensor in the stream; ``chunk`` is set when it is a piece of a DTensor."""
 
     fqn: str
     dtype: str
@@ -56,14 +64,23 @@ class Slot:
     offset: int
     nbytes: int
     replicated: bool = False
+    chunk: Chunk | None = None
 
     def to_json(self) -> list:
-        return [self.dtype, list(self.shape), self.offset, self.nbytes, self.replicated]
+        row = [self.dtype, list(self.shape), self.offset, self.nbytes, self.replicated]
+        if self.chunk is not None:
+            row += [list(self.chunk.global_shape), list(self.chunk.offsets)]
+        return row
 
     @classmethod
     def from_json(cls, fqn: str, row: Sequence) -> Slot:
-        dtype, shape, offset, nbytes, replicated = row
-        return cls(fqn, str(dtype), tuple(int(s) for s in shape), int(offset), int(nbytes), bool(replicated))
+        dtype, shape, offset, nbytes, replicated, *chunk = row
+        return cls(fqn, str(dtype), _ints(shape), int(offset), int(nbytes), bool(replicated),
+                   Chunk(_ints(chunk[0]), _ints(chunk[1])) if chunk else None)
+
+
+def _ints(values: Sequence) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +115,14 @@ def pieces(files: Sequence[FileRange], offset: int, nbytes: int) -> Iterator[tup
             yield i, lo - f.start, hi - lo, lo - offset
 
 
-def plan_layout(tensors: Sequence[tuple[str, torch.dtype, tuple[int, ...], bool]], num_files: int,
+def plan_layout(tensors: Sequence[tuple[str, torch.dtype, tuple[int, ...], bool, Chunk | None]], num_files: int,
                 prefix: str = "") -> Layout:
-    """Lay ``(fqn, dtype, shape, replicated)`` end to end and cut the stream into files."""
+    """Lay ``(fqn, dtype, shape, replicated, chunk)`` end to end and cut the stream into files."""
     slots: list[Slot] = []
     offset = 0
-    for fqn, dtype, shape, replicated in tensors:
+    for fqn, dtype, shape, replicated, chunk in tensors:
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        slots.append(Slot(fqn, dtype_name(dtype), tuple(shape), offset, nbytes, replicated))
+        slots.append(Slot(fqn, dtype_name(dtype), tuple(shape), offset, nbytes, replicated, chunk))
         offset += -(-nbytes // ALIGN) * ALIGN
     total = offset
     count = max(1, min(num_files, total // MIN_FILE_BYTES))

@@ -73,7 +73,7 @@ from torchrt.checkpoint.manifest import RankRecord, replicated_digest
 from torchrt.checkpoint.restore import PerRankOnResize, RestoreResult, restore_latest
 from torchrt.checkpoint.spec import CheckpointSpec, OnError, WhenBusy
 from torchrt.checkpoint.staging import BufferKind, HostBuffer, Staging
-from torchrt.checkpoint.state import FlatState, TensorRef, dumps_tree, flatten, iter_leaves
+from torchrt.checkpoint.state import FlatState, ShardRef, TensorRef, dumps_tree, flatten, iter_leaves
 from torchrt.checkpoint.writer import WriterPool
 from torchrt.telemetry import get_reporter
 
@@ -375,14 +375,16 @@ class CheckpointManager:
 
     def _plan(self, flat: FlatState) -> tuple[Layout, str]:
         """This rank's layout (cached while the state's structure is unchanged) and the replicated digest."""
-        entries = tuple((fqn, t.dtype, tuple(t.shape), fqn in flat.replicated) for fqn, t in flat.tensors.items())
+        entries = tuple((fqn, t.dtype, tuple(t.shape), fqn in flat.replicated, flat.chunks.get(fqn))
+                        for fqn, t in flat.tensors.items())
         objects: list[str] = []
         rep_tree = {k: v for k, v in flat.tree.items() if k in self.replicated}
-        iter_leaves(rep_tree, lambda fqn, leaf: None if isinstance(leaf, TensorRef) else objects.append(fqn))
+        iter_leaves(rep_tree, lambda fqn, leaf: None if isinstance(leaf, (TensorRef, ShardRef))
+                   else objects.append(fqn))
         key = (entries, tuple(objects))
         if key != self._layout_key:
             rep = sorted(((f, math.prod(s) * torch.empty((), dtype=d).element_size())
-                          for f, d, s, r in entries if r), key=lambda x: (-x[1], x[0]))
+                          for f, d, s, r, _ in entries if r), key=lambda x: (-x[1], x[0]))
             loads = [0] * self.world_size
             owners: dict[str, int] = {}
             for fqn, nbytes in rep:
@@ -392,7 +394,7 @@ class CheckpointManager:
             mine = [e for e in entries if not e[3] or owners[e[0]] == self.rank]
             self._owners = owners
             self._layout = plan_layout(mine, self.spec.writer_threads, prefix=f"rank{self.rank}/")
-            self._digest = replicated_digest([(f, dtype_name(d), s) for f, d, s, r in entries if r], objects)
+            self._digest = replicated_digest([(f, dtype_name(d), s) for f, d, s, r, _ in entries if r], objects)
             self._layout_key = key
         assert self._layout is not None
         return self._layout, self._digest

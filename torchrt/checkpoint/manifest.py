@@ -16,8 +16,10 @@ failed or killed) and is never read; it is deleted once a newer step commits.
 ``manifest.json`` lists every file with its size and CRC-32 (``files``) and
 each rank's record (``ranks``): its tree file, its data files with their
 ranges of the rank's stream, and ``tensors`` (FQN -> ``[dtype, shape,
-offset, nbytes, replicated]``). Tensors of replicated keys appear once in the
-whole checkpoint, in the record of the rank that wrote them.
+offset, nbytes, replicated]``, plus ``global_shape, offsets`` for a piece of
+a DTensor). Tensors of replicated keys appear once in the whole checkpoint,
+in the record of the rank that wrote them; so does each distinct piece of a
+DTensor.
 """
 
 from __future__ import annotations
@@ -121,6 +123,19 @@ class Manifest:
     def replicated_index(self) -> dict[str, tuple[int, Slot]]:
         """FQN -> (rank that wrote it, its slot) for every replicated tensor."""
         return {fqn: (r.rank, s) for r in self.ranks for fqn, s in r.slots.items() if s.replicated}
+
+    def chunk_index(self) -> dict[str, list[tuple[int, Slot]]]:
+        """FQN -> every (rank, slot) holding a piece of that DTensor."""
+        out: dict[str, list[tuple[int, Slot]]] = {}
+        for r in self.ranks:
+            for fqn, s in r.slots.items():
+                if s.chunk is not None:
+                    out.setdefault(fqn, []).append((r.rank, s))
+        return out
+
+    def data_files(self) -> list[str]:
+        """Every rank's data files (not the trees), in rank order."""
+        return [f.name for r in self.ranks for f in r.data_files]
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "step": self.step, "world_size": self.world_size,

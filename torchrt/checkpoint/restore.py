@@ -18,11 +18,8 @@ For a candidate, each rank works out what *it* needs and reads only that:
   ``"keep"`` leaves those keys as they are (e.g. freshly seeded RNGs) and says
   so in the ``checkpoint_restored`` event.
 
-:class:`CheckpointReader` reads each needed data file *sequentially and
-completely* in parallel threads, straight into freshly allocated tensors
-(bytes between needed tensors go to a scratch buffer), computing the file's
-CRC-32 on the way; a size or checksum mismatch is a
-:class:`CorruptCheckpointError` naming the file. Nothing is applied to the
+Reads go through :class:`~torchrt.checkpoint.reader.CheckpointReader`, which
+verifies every file it touches. Nothing is applied to the
 caller's state until every rank has verified its part: the ranks then agree
 (one ``all_gather_object`` per candidate) and either all restore this step or
 all skip it with a ``checkpoint_skipped`` event and try the previous one.
@@ -30,32 +27,27 @@ all skip it with a ``checkpoint_skipped`` event and try the previous one.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
-import os
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from torchrt.checkpoint.checksum import crc32
 from torchrt.checkpoint.commit import committed_steps
 from torchrt.checkpoint.errors import CorruptCheckpointError, NoValidCheckpointError, StateMismatchError
 from torchrt.checkpoint.group import CheckpointGroup
-from torchrt.checkpoint.layout import FileRange, Slot, dtype_from_name, pieces
-from torchrt.checkpoint.manifest import FileEntry, Manifest, read_manifest, step_dir_name
-from torchrt.checkpoint.state import apply, loads_tree, materialize, refs
+from torchrt.checkpoint.manifest import step_dir_name
+from torchrt.checkpoint.reader import CheckpointReader
+from torchrt.checkpoint.dcp import load_through_planner
+from torchrt.checkpoint.state import ShardRef, apply, holds_dtensor, materialize, refs
 from torchrt.telemetry import get_reporter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointReader", "PerRankOnResize", "RestoreResult", "restore_latest"]
+__all__ = ["CheckpointRead", "PerRankOnResize", "RestoreResult", "load_checkpoint", "restore_latest"]
 
 PerRankOnResize = Literal["error", "keep"]
-_SCRATCH = 8 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,114 +61,32 @@ class RestoreResult:
     per_rank_skipped: list[str]
 
 
-def _read_exact(f: Any, view: memoryview, crc: int, name: str, step_dir: Path) -> int:
-    while view:
-        n = f.readinto(view)
-        if not n:
-            raise CorruptCheckpointError(step_dir, "truncated (shorter than its manifest size)", name)
-        crc = crc32(view[:n], crc)
-        view = view[n:]
-    return crc
+@dataclasses.dataclass
+class CheckpointRead:
+    """What one rank read and verified of a checkpoint, before anything is applied."""
 
-
-class CheckpointReader:
-    """Verified reads from one committed checkpoint directory."""
-
-    def __init__(self, step_dir: Path, manifest: Manifest | None = None, threads: int = 4) -> None:
-        self.step_dir = Path(step_dir)
-        self.manifest = manifest or read_manifest(self.step_dir)
-        self.threads = threads
-        self.bytes_read = 0
-        self._files = self.manifest.files
-        self._trees: dict[int, dict[str, Any]] = {}
-
-    def _entry(self, path: str) -> FileEntry:
-        try:
-            return self._files[path]
-        except KeyError:
-            raise CorruptCheckpointError(self.step_dir, "not listed in the manifest", path) from None
-
-    def _open(self, entry: FileEntry) -> Any:
-        try:
-            f = open(self.step_dir / entry.path, "rb", buffering=0)
-        except OSError as e:
-            raise CorruptCheckpointError(self.step_dir, f"cannot open: {e.strerror}", entry.path) from e
-        size = os.fstat(f.fileno()).st_size
-        if size != entry.size:
-            f.close()
-            raise CorruptCheckpointError(self.step_dir, f"has {size} bytes, the manifest says {entry.size}",
-                                         entry.path)
-        return f
-
-    def read_file(self, path: str) -> bytes:
-        """A whole (small) file, verified."""
-        entry = self._entry(path)
-        with self._open(entry) as f:
-            data = bytearray(entry.size)
-            crc = _read_exact(f, memoryview(data), 0, path, self.step_dir)
-        self._verify(entry, crc)
-        self.bytes_read += entry.size
-        return bytes(data)
-
-    def _verify(self, entry: FileEntry, crc: int) -> None:
-        if crc != entry.crc32:
-            raise CorruptCheckpointError(self.step_dir, f"checksum mismatch (crc32 {crc:08x}, the manifest "
-                                         f"says {entry.crc32:08x})", entry.path)
-
-    def tree(self, rank: int) -> dict[str, Any]:
-        """Rank ``rank``'s state tree (verified; read once)."""
-        if rank not in self._trees:
-            self._trees[rank] = loads_tree(self.read_file(self.manifest.ranks[rank].tree))
-        return self._trees[rank]
-
-    def read_tensors(self, requests: Mapping[int, Collection[str]]) -> dict[tuple[int, str], torch.Tensor]:
-        """Tensors ``{rank: fqns}``, read from every file that holds one of them, each file verified."""
-        out: dict[tuple[int, str], torch.Tensor] = {}
-        jobs: dict[tuple[int, int], list[tuple[int, int, memoryview]]] = {}
-        for rank, fqns in requests.items():
-            record = self.manifest.ranks[rank]
-            for fqn in fqns:
-                slot = record.slots.get(fqn)
-                if slot is None:
-                    raise CorruptCheckpointError(self.step_dir, f"rank {rank}'s record has no tensor {fqn!r}")
-                raw = torch.empty(slot.nbytes, dtype=torch.uint8)
-                out[(rank, fqn)] = _typed(raw, slot)
-                view = memoryview(raw.numpy()) if slot.nbytes else memoryview(b"")
-                for fi, foff, length, soff in pieces(record.data_files, slot.offset, slot.nbytes):
-                    jobs.setdefault((rank, fi), []).append((foff, length, view[soff:soff + length]))
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(self.threads, len(jobs) or 1))) as pool:
-            futures = [pool.submit(self._read_ranges, self.manifest.ranks[r].data_files[fi], segs)
-                       for (r, fi), segs in jobs.items()]
-            self.bytes_read += sum(fut.result() for fut in futures)
-        return out
-
-    def _read_ranges(self, rng: FileRange, segments: list[tuple[int, int, memoryview]]) -> int:
-        entry = self._entry(rng.name)
-        scratch = memoryview(bytearray(min(_SCRATCH, max(entry.size, 1))))
-        crc, pos = 0, 0
-        with self._open(entry) as f:
-            for off, length, dest in sorted(segments, key=lambda s: s[0]) + [(entry.size, 0, memoryview(b""))]:
-                while pos < off:  # bytes nobody asked for: read them anyway, the checksum covers the file
-                    n = min(len(scratch), off - pos)
-                    crc = _read_exact(f, scratch[:n], crc, rng.name, self.step_dir)
-                    pos += n
-                crc = _read_exact(f, dest, crc, rng.name, self.step_dir)
-                pos += length
-        self._verify(entry, crc)
-        return entry.size
-
-
-def _typed(raw: torch.Tensor, slot: Slot) -> torch.Tensor:
-    return raw.view(dtype_from_name(slot.dtype)).view(slot.shape)
+    trees: dict[str, Any]  # materialised, by top-level key
+    reader: CheckpointReader
+    per_rank_skipped: list[str]
+    planner_keys: list[str]  # keys holding DTensors: loaded through DCP's planner once all ranks verified
 
 
 def load_checkpoint(step_dir: Path, keys: Collection[str], rank: int, world_size: int,
                     per_rank_on_resize: PerRankOnResize = "error", threads: int = 4,
-                    ) -> tuple[dict[str, Any], CheckpointReader, list[str]]:
-    """Read and verify what ``rank`` needs of ``keys``; returns materialised trees by key."""
+                    dtensor_keys: Collection[str] = ()) -> CheckpointRead:
+    """Read and verify what ``rank`` needs of ``keys``.
+
+    Keys that hold DTensors, in the checkpoint or in the state (``dtensor_keys``), are
+    resharded by DCP's planner later; here each rank verifies its share of every data file
+    (file ``i`` by rank ``i mod world_size``), so that a corrupt file is found before anything
+    is applied, by exactly one rank.
+    """
     reader = CheckpointReader(step_dir, threads=threads)
     m = reader.manifest
     replicated = set(m.replicated_keys)
+    tree0 = reader.tree(0)
+    planner_keys = [k for k in keys if k in tree0 and (k in dtensor_keys or refs(tree0[k], ShardRef))]
+    keys = [k for k in keys if k not in planner_keys]
     per_rank = [k for k in keys if k not in replicated]
     source: int | None = rank if m.world_size == world_size else None
     per_rank_skipped: list[str] = []
@@ -188,10 +98,7 @@ def load_checkpoint(step_dir: Path, keys: Collection[str], rank: int, world_size
                 "(CheckpointManager(replicated=...)) if they are the same on every rank, or pass "
                 "per_rank_on_resize='keep' to leave them as they are")
         per_rank_skipped = per_rank
-    trees: dict[str, Any] = {}
-    if any(k in replicated for k in keys):
-        tree0 = reader.tree(0)
-        trees.update({k: tree0[k] for k in keys if k in replicated and k in tree0})
+    trees: dict[str, Any] = {k: tree0[k] for k in keys if k in replicated and k in tree0}
     if per_rank and source is not None:
         own = reader.tree(source)
         trees.update({k: own[k] for k in per_rank if k in own})
@@ -213,7 +120,9 @@ def load_checkpoint(step_dir: Path, keys: Collection[str], rank: int, world_size
         else:
             tensors = {fqn: by_rank[(source, fqn)] for fqn in refs(tree)}  # type: ignore[index]
         loaded[key] = materialize(tree, tensors)
-    return loaded, reader, per_rank_skipped
+    if planner_keys:
+        reader.verify_files(m.data_files()[rank::world_size])
+    return CheckpointRead(loaded, reader, per_rank_skipped, planner_keys)
 
 
 def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *, strict: bool = True,
@@ -221,6 +130,7 @@ def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *,
     """Restore the newest committed checkpoint every rank can verify (collective over ``group``)."""
     reporter = get_reporter()
     mine = [s for s, _ in reversed(committed_steps(root))]
+    dtensor_keys = {k for k, v in state.items() if holds_dtensor(v)}
     candidates = group.all_gather_object(mine)[0]  # rank 0's view decides the order
     if not candidates:
         return None
@@ -229,12 +139,10 @@ def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *,
         step_dir = root / step_dir_name(step)
         started = time.perf_counter()
         verdict: str | None = None
-        loaded: dict[str, Any] = {}
-        reader: CheckpointReader | None = None
-        per_rank_skipped: list[str] = []
+        read: CheckpointRead | None = None
         try:
-            loaded, reader, per_rank_skipped = load_checkpoint(step_dir, list(state), group.rank,
-                                                               group.world_size, per_rank_on_resize, threads)
+            read = load_checkpoint(step_dir, list(state), group.rank, group.world_size, per_rank_on_resize,
+                                   threads, dtensor_keys)
         except CorruptCheckpointError as e:
             verdict = str(e)
         except StateMismatchError:
@@ -244,8 +152,11 @@ def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *,
         verdicts = group.all_gather_object(verdict)
         bad = {r: v for r, v in enumerate(verdicts) if v is not None}
         if not bad:
-            assert reader is not None
-            apply(state, loaded, strict=strict, leave=per_rank_skipped)
+            assert read is not None
+            reader, per_rank_skipped = read.reader, read.per_rank_skipped
+            apply(state, read.trees, strict=strict, leave=per_rank_skipped + read.planner_keys)
+            if read.planner_keys:
+                load_through_planner(step_dir, {k: state[k] for k in read.planner_keys}, group.rank)
             read_s = time.perf_counter() - started
             result = RestoreResult(step, step_dir, reader.manifest.world_size, reader.bytes_read, read_s,
                                    skipped, per_rank_skipped)

@@ -18,7 +18,15 @@ names (FQNs) DCP uses; that is what makes our checkpoints loadable through
 
 The result is a *tree*: the same nesting with the original key types (an
 optimizer's integer parameter ids stay integers), every tensor leaf replaced
-by a :class:`TensorRef` placeholder, every other leaf kept inline. The tree is
+by a :class:`TensorRef` placeholder, every other leaf kept inline.
+
+A DTensor leaf (FSDP2, tensor parallel) becomes a :class:`ShardRef`: the rank
+stages only its local piece, with the piece's offsets in the global tensor
+(a :class:`~torchrt.checkpoint.layout.Chunk`), as DCP does. Where placements
+replicate a piece over a mesh dimension, only the rank at coordinate 0 of
+that dimension writes it; a ``Partial`` placement (unreduced values) is
+refused. Such keys restore through DCP's planner, which reshards the pieces
+onto whatever mesh the restoring job has (see :mod:`~torchrt.checkpoint.dcp`). The tree is
 serialised at ``save`` time (a snapshot of the small, mutable values: step
 counters, learning rates, RNG states); the tensors go through staging.
 
@@ -36,11 +44,14 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch.distributed.tensor import DTensor, Partial, Replicate
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from torchrt.checkpoint.errors import StateMismatchError
+from torchrt.checkpoint.layout import Chunk
 
-__all__ = ["FlatState", "Stateful", "TensorRef", "apply", "dumps_tree", "flatten", "iter_leaves",
-           "loads_tree", "materialize"]
+__all__ = ["FlatState", "ShardRef", "Stateful", "TensorRef", "apply", "dumps_tree", "flatten", "holds_dtensor",
+           "iter_leaves", "loads_tree", "materialize"]
 
 
 @runtime_checkable
@@ -59,8 +70,15 @@ class TensorRef:
     fqn: str
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardRef:
+    """Placeholder for a DTensor inside a saved tree; its pieces are in the ranks' records."""
+
+    fqn: str
+
+
 def _is_tensor_like(value: Any) -> bool:
-    return isinstance(value, (torch.Tensor, TensorRef))
+    return isinstance(value, (torch.Tensor, TensorRef, ShardRef))
 
 
 def _is_terminal(value: Any) -> bool:
@@ -106,6 +124,23 @@ class FlatState:
     tree: dict[str, Any]
     tensors: dict[str, torch.Tensor]
     replicated: set[str]  # FQNs of tensors under replicated top-level keys
+    chunks: dict[str, Chunk]  # FQNs of the DTensor pieces this rank writes -> where they sit
+
+
+def _local_chunk(fqn: str, value: DTensor) -> Chunk | None:
+    """Where this rank's piece of ``value`` sits, or None when another rank writes it."""
+    placements = value.placements
+    if any(isinstance(p, Partial) for p in placements):
+        raise StateMismatchError(f"{fqn}: a DTensor with a Partial placement holds unreduced values; "
+                                 "reduce it (redistribute to Shard/Replicate) before saving")
+    coordinate = value.device_mesh.get_coordinate()
+    if coordinate is None or any(isinstance(p, Replicate) and c != 0 for p, c in zip(placements, coordinate)):
+        return None
+    shape, offsets = compute_local_shape_and_global_offset(value.shape, value.device_mesh, placements)
+    if tuple(shape) != tuple(value.to_local().shape):
+        raise StateMismatchError(f"{fqn}: the local piece has shape {tuple(value.to_local().shape)}, its "
+                                 f"placements {placements} say {tuple(shape)}")
+    return Chunk(tuple(value.shape), tuple(int(o) for o in offsets))
 
 
 def flatten(state: Mapping[str, Any], replicated_keys: Collection[str] = ()) -> FlatState:
@@ -114,6 +149,7 @@ def flatten(state: Mapping[str, Any], replicated_keys: Collection[str] = ()) -> 
         raise StateMismatchError(f"the state to save must be a mapping of keys to values, got {type(state).__name__}")
     tensors: dict[str, torch.Tensor] = {}
     replicated: set[str] = set()
+    chunks: dict[str, Chunk] = {}
     seen: set[str] = set()
 
     def build(path: tuple, value: Any, rep: bool) -> Any:
@@ -125,9 +161,12 @@ def flatten(state: Mapping[str, Any], replicated_keys: Collection[str] = ()) -> 
         if fqn in seen:
             raise StateMismatchError(f"two entries of the state flatten to the same name {fqn!r}")
         seen.add(fqn)
-        if isinstance(value, torch.Tensor) and type(value).__name__ == "DTensor":
-            raise StateMismatchError(f"{fqn}: DTensor (FSDP2/tensor-parallel) state is not supported by "
-                                     "torchrt.checkpoint yet; save it with torch.distributed.checkpoint")
+        if isinstance(value, DTensor):
+            chunk = _local_chunk(fqn, value)
+            if chunk is not None:
+                tensors[fqn] = value.to_local().detach()
+                chunks[fqn] = chunk
+            return ShardRef(fqn)
         if _is_plain_tensor(value):
             tensors[fqn] = value.detach()
             if rep:
@@ -142,7 +181,7 @@ def flatten(state: Mapping[str, Any], replicated_keys: Collection[str] = ()) -> 
         if isinstance(value, Stateful) and not isinstance(value, torch.Tensor):
             value = value.state_dict()
         tree[key] = build((key,), value, key in replicated_keys)
-    return FlatState(tree, tensors, replicated)
+    return FlatState(tree, tensors, replicated, chunks)
 
 
 def dumps_tree(tree: Mapping[str, Any]) -> bytes:
@@ -168,12 +207,12 @@ def materialize(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return value
 
 
-def refs(value: Any) -> list[str]:
-    """FQNs of every :class:`TensorRef` under ``value``."""
+def refs(value: Any, kind: type = TensorRef) -> list[str]:
+    """FQNs of every placeholder of ``kind`` (:class:`TensorRef` or :class:`ShardRef`) under ``value``."""
     out: list[str] = []
 
     def walk(v: Any) -> None:
-        if isinstance(v, TensorRef):
+        if isinstance(v, kind):
             out.append(v.fqn)
         elif isinstance(v, Mapping):
             for x in v.values():
@@ -184,6 +223,19 @@ def refs(value: Any) -> list[str]:
 
     walk(value)
     return out
+
+
+def holds_dtensor(value: Any) -> bool:
+    """Whether a state value (a Stateful's ``state_dict()``, a mapping, a list) holds a DTensor."""
+    if isinstance(value, Stateful) and not isinstance(value, torch.Tensor):
+        value = value.state_dict()
+    if isinstance(value, DTensor):
+        return True
+    if isinstance(value, Mapping):
+        return any(holds_dtensor(v) for v in value.values())
+    if isinstance(value, list):
+        return any(holds_dtensor(v) for v in value)
+    return False
 
 
 def _copy_into(target: torch.Tensor, source: torch.Tensor, name: str) -> None:
