@@ -14,7 +14,7 @@ import torch
 from torchrt.checkpoint import CheckpointManager, SaveStatus
 from torchrt.checkpoint._faults import HANG_ENV
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,3 +110,55 @@ def test_write_failure_is_an_event_and_on_error_decides(tmp_path):
         assert not (tmp_path / policy / "step_0000000002").exists()  # the partial files were removed
     assert (tmp_path / "continue" / "latest").read_text().strip() == "step_0000000003"
     assert (tmp_path / "stop" / "latest").read_text().strip() == "step_0000000001"
+
+
+RANK_WORKER = r"""
+import json, os, sys, time, torch, torchrt
+from torchrt.checkpoint import CheckpointManager
+
+root, out = sys.argv[1], sys.argv[2]
+ctx = torchrt.init(backend="gloo")
+ck = CheckpointManager(root, commit_timeout=300)
+handle = ck.save({"w": {"t": torch.ones(2 << 20)}}, 1)  # rank 1's writer hangs half way; the test kills it
+started = time.monotonic()
+status = handle.wait(300)
+with open(out, "w") as f:
+    json.dump({"status": status.value, "error": str(handle.error), "waited_s": time.monotonic() - started}, f)
+os._exit(0)  # the process group has a dead member: skip its teardown
+"""
+
+
+def test_a_rank_dying_mid_save_fails_the_commit_at_once_not_at_the_timeout(tmp_path):
+    """Rank 1 is SIGKILLed while writing; the coordinator sees its worker disconnect and rank 0's
+    commit fails naming it, instead of waiting commit_timeout (300 s here) for its report."""
+    from torchrt.coordinator import Coordinator, CoordinatorConfig
+
+    coordinator = Coordinator(CoordinatorConfig(run_dir=tmp_path / "run", port=0, run_id="job"))
+    coordinator.start()
+    reached, result = tmp_path / "reached", tmp_path / "rank0.json"
+    torchrt_env = {"TORCHRT_ENDPOINT": coordinator.endpoint, "TORCHRT_STORE": f"127.0.0.1:{coordinator.store_port}",
+                   "TORCHRT_RUN_ID": "job", "TORCHRT_ROUND": "1", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
+    procs = []
+    try:
+        for rank in (0, 1):
+            env = {**os.environ, **torchrt_env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            if rank == 1:
+                env[HANG_ENV] = f"1:{reached}"
+            procs.append(subprocess.Popen([sys.executable, "-c", RANK_WORKER, str(tmp_path / "ckpt"), str(result)],
+                                          cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        wait_until(lambda: reached.exists() or procs[1].poll() is not None, 120, "rank 1's writer to reach mid-file")
+        assert procs[1].poll() is None, procs[1].communicate()[0][-3000:]
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        rank0_out = procs[0].communicate(timeout=120)[0]
+        assert procs[0].returncode == 0, rank0_out[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        coordinator.stop()
+    outcome = json.loads(result.read_text())
+    assert outcome["status"] == "failed" and "gone" in outcome["error"] and "[1]" in outcome["error"], outcome
+    assert not (tmp_path / "ckpt" / "step_0000000001" / "manifest.json").exists()

@@ -60,3 +60,9 @@ def parse_endpoint(endpoint: str, default_port: int = 29400) -> tuple[str, int]:
 def round_store_prefix(run_id: str, round_number: int) -> str:
     """Key prefix under which everything of one round lives in the coordinator's store."""
     return f"torchrt/{run_id}/round{round_number}/"
+
+
+def worker_gone_key(run_id: str, round_number: int, rank: int) -> str:
+    """Store key the coordinator sets when the worker of ``rank`` in a round disconnected from it
+    (its process exited or died): ranks waiting on that worker stop waiting."""
+    return f"{round_store_prefix(run_id, round_number)}workers/gone/{rank}"

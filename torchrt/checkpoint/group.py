@@ -14,9 +14,14 @@ each other's keys.
 
 * ``s<step>/r<rank>``: rank ``r``'s report for a step (its JSON record: the
   files it made durable with sizes and CRC-32s, or the error it hit: a failed
-  rank reports too, so only a dead rank makes rank 0 wait for the timeout);
-  rank 0's committer waits for all of them (``TCPStore.wait``, answered by the
-  server as soon as the keys appear), then deletes them.
+  rank reports too); rank 0's committer waits for all of them
+  (``TCPStore.wait``, answered by the server as soon as the keys appear), then
+  deletes them. A rank that *died* cannot report: under torchrt the
+  coordinator sets ``worker_gone_key`` (:mod:`torchrt.protocol`) when a
+  worker's connection to it closes, and the waits here look for it once a
+  second, so rank 0 fails the commit with :class:`RankGoneError` within about
+  a second instead of waiting ``commit_timeout`` (the other ranks likewise
+  when rank 0 is gone). Under plain torchrun only the timeout remains.
 * ``s<step>/result``: the commit outcome, which the other ranks wait for.
 * ``s<step>/decision``: with ``when_busy="skip"``, the first rank to reach a
   save decides (``compare_set``) whether the job saves or skips that step, so
@@ -38,20 +43,30 @@ import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
 
 from torchrt.checkpoint.errors import CheckpointError
+from torchrt.protocol import worker_gone_key
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointGroup", "CommitTimeoutError", "LocalGroup", "StoreGroup", "default_group"]
+__all__ = ["CheckpointGroup", "CommitTimeoutError", "LocalGroup", "RankGoneError", "StoreGroup", "default_group"]
 
 
 class CommitTimeoutError(CheckpointError):
     """Rank 0 did not hear from every rank in time."""
+
+
+class RankGoneError(CheckpointError):
+    """A rank that was waited for is gone (its process exited or died) before it answered."""
+
+
+LIVENESS_POLL_S = 1.0
 
 
 class CheckpointGroup(abc.ABC):
@@ -145,12 +160,13 @@ class StoreGroup(CheckpointGroup):
     """Ranks of a process group, talking through a c10d store (see the module docstring)."""
 
     def __init__(self, store: dist.Store, namespace: str, rank: int, world_size: int,
-                 process_group: Any = None) -> None:
+                 process_group: Any = None, gone_key: Callable[[int], str] | None = None) -> None:
         self.rank = rank
         self.world_size = world_size
         self.namespace = namespace
         self._base = _base_store(store)
         self._pg = process_group
+        self._gone_key = gone_key  # group rank -> the coordinator's "worker gone" key
         self._local = threading.local()
         self._conns: list[dist.Store] = []
         self._lock = threading.Lock()
@@ -163,7 +179,8 @@ class StoreGroup(CheckpointGroup):
         box = [os.urandom(8).hex() if rank == 0 else None]
         dist.broadcast_object_list(box, src=dist.get_global_rank(process_group, 0)
                                    if process_group is not None else 0, group=process_group)
-        return cls(_shared_store(), f"torchrt/ckpt/{box[0]}/", rank, world, process_group)
+        return cls(_shared_store(), f"torchrt/ckpt/{box[0]}/", rank, world, process_group,
+                   _gone_keys(process_group))
 
     def _conn(self) -> dist.Store:
         conn = getattr(self._local, "conn", None)
@@ -186,12 +203,9 @@ class StoreGroup(CheckpointGroup):
         if not own.get("ok", False):
             return [own]  # no point waiting: this step cannot commit
         conn = self._conn()
-        keys = [f"s{step}/r{r}" for r in range(1, self.world_size)]
-        try:
-            conn.wait(keys, timedelta(seconds=timeout))
-        except dist.DistStoreError:
-            missing = [r for r, k in zip(range(1, self.world_size), keys) if not conn.check([k])]
-            raise CommitTimeoutError(f"step {step}: no report from rank(s) {missing} after {timeout:.0f} s") from None
+        ranks = list(range(1, self.world_size))
+        keys = [f"s{step}/r{r}" for r in ranks]
+        self._wait(conn, dict(zip(ranks, keys)), timeout, f"step {step}: no report from rank(s)")
         values = conn.multi_get(keys) if keys else []
         for k in keys:
             conn.delete_key(k)
@@ -202,8 +216,29 @@ class StoreGroup(CheckpointGroup):
 
     def wait_result(self, step: int, timeout: float) -> dict:
         conn = self._conn()
-        conn.wait([f"s{step}/result"], timedelta(seconds=timeout))
+        self._wait(conn, {0: f"s{step}/result"}, timeout, f"step {step}: no commit outcome from rank")
         return json.loads(conn.get(f"s{step}/result"))
+
+    def _wait(self, conn: dist.PrefixStore, keys: dict[int, str], timeout: float, what: str) -> None:
+        """Wait until every rank's key is set; fail as soon as one of those ranks is gone."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            poll = min(left, LIVENESS_POLL_S) if self._gone_key is not None else left
+            try:
+                conn.wait(list(keys.values()), timedelta(seconds=max(poll, 0.001)))
+                return
+            except dist.DistStoreError:
+                missing = [r for r, k in keys.items() if not conn.check([k])]
+            if not missing:
+                return
+            if self._gone_key is not None:
+                gone = [r for r in missing if conn.underlying_store.check([self._gone_key(r)])]
+                if gone:
+                    raise RankGoneError(f"{what} {gone}: the process is gone (its worker disconnected from the "
+                                        "coordinator) before it answered")
+            if time.monotonic() >= deadline:
+                raise CommitTimeoutError(f"{what} {missing} after {timeout:.0f} s")
 
     def decide(self, step: int, proposal: str) -> str:
         value = self._conn().compare_set(f"s{step}/decision", "", proposal)
@@ -227,6 +262,22 @@ class StoreGroup(CheckpointGroup):
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj, group=self._pg)
         return out
+
+
+def _gone_keys(process_group: Any) -> Callable[[int], str] | None:
+    """Group rank -> the key the coordinator sets when that rank's worker is gone (under torchrt)."""
+    from torchrt import distributed
+
+    ctx = distributed.current() if distributed.is_initialized() else None
+    if ctx is None or ctx.store is None or ctx.run_id is None or ctx.round is None:
+        return None
+    run_id, round_number = ctx.run_id, ctx.round
+
+    def key(group_rank: int) -> str:
+        rank = dist.get_global_rank(process_group, group_rank) if process_group is not None else group_rank
+        return worker_gone_key(run_id, round_number, rank)
+
+    return key
 
 
 def default_group() -> CheckpointGroup:

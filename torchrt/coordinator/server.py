@@ -44,7 +44,7 @@ from torchrt.coordinator.run_dir import (
     write_text_atomic,
 )
 from torchrt.data.events import DATA_PREVIEW, RegistryFold
-from torchrt.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, Message, decode, encode
+from torchrt.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, Message, decode, encode, worker_gone_key
 from torchrt.telemetry import METRIC
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,20 @@ class Coordinator:
             writer.close()
             if peer.role == "worker" and peer.worker is not None:
                 self.events.emit("worker_stopped", **{k: peer.worker.get(k) for k in ("rank", "node_id", "pid")})
+                self._announce_worker_gone(peer.worker)
             self._disconnected(peer)
+
+    def _announce_worker_gone(self, worker: dict[str, Any]) -> None:
+        """Set the worker's ``worker_gone_key`` in the job's store (off the loop), so that ranks
+        waiting on it (a checkpoint commit) fail now rather than at their timeout."""
+        rank, round_number = worker.get("rank"), worker.get("round")
+        if self._store is None or self.run_id is None or not isinstance(rank, int) or not isinstance(round_number, int):
+            return
+        try:
+            self._state_writer.submit(self._store.set, worker_gone_key(self.run_id, round_number, rank),
+                                      str(worker.get("pid")))
+        except RuntimeError:  # the coordinator is shutting down: nobody is left to tell
+            pass
 
     def _dispatch(self, peer: _Peer, message: Message) -> None:
         op, request_id = message.get("op"), message.get("id")
