@@ -16,7 +16,7 @@ at ``n + 1`` before ``n`` released everyone, so a long job keeps exactly one key
 per barrier name and nothing is ever deleted on the workers' path. (A counter
 plus a release key per call, the usual recipe, needs two round trips and a
 delete per call: twice as slow here.) Keys live under the round's prefix in the
-coordinator's store, or under ``torchrt/<restart>/`` in plain torchrun's store,
+coordinator's store, or under ``torchrt/restart<N>/`` in plain torchrun's store,
 so a restarted generation never meets its predecessor's counters. Ranks must
 call barriers of the same name in the same order, as with collectives. A call
 that times out leaves its counter short, so the name is then unusable: later
@@ -65,6 +65,7 @@ _context: WorkerContext | None = None
 _job_store: dist.Store | None = None
 _barrier_store: tuple[dist.Store, str] | None = None
 _barrier_seq: dict[str, int] = {}
+_broken_barriers: set[str] = set()  # names whose call timed out: their counts no longer line up
 
 
 def init(backend: str | None = None, timeout: timedelta = timedelta(minutes=10)) -> WorkerContext:
@@ -132,9 +133,6 @@ def barrier(name: str = "barrier", timeout: timedelta | None = None) -> float:
     if ctx.rank == 0:
         _barrier_reports.setdefault(name, _BarrierReport(name)).add(seq, ctx.world_size, elapsed)
     return elapsed
-
-
-_broken_barriers: set[str] = set()
 
 
 class _BarrierReport:
