@@ -11,11 +11,20 @@ first step). Its kind:
 
 * ``pinned``: page-locked memory when CUDA is available, so device-to-host
   copies run asynchronously on a separate copy stream;
-* ``shared``: POSIX shared memory (``/dev/shm``) on CPU builds (which cannot
-  pin memory), so the buffer can be handed to another process; used only if
-  ``/dev/shm`` has room for it (touching shm past its size is a SIGBUS, not an
-  exception), otherwise
-* ``private``: ordinary pre-touched memory.
+* ``private`` (the default on CPU builds): anonymous memory aligned to 2 MiB
+  and advised to be backed by transparent huge pages (``MADV_HUGEPAGE``). The
+  writers send it to the disk with ``O_DIRECT``, and a direct-I/O request can
+  carry only so many physically contiguous segments (``max_segments``, 254 on
+  the development VM): 4 KiB pages scattered by a fragmented memory cap a
+  request near 0.5-1 MiB, while 2 MiB pages let it reach several MiB.
+  Measured on 2 ranks x 512 MiB after other checkpointing code had run in the
+  same processes: 2,100 write requests and 0.7x the raw disk rate with 4 KiB
+  pages, against ~340 requests and ~0.95x with contiguous memory;
+* ``shared``: POSIX shared memory (``/dev/shm``), on request, for a buffer to
+  be handed to another process; used only if ``/dev/shm`` has room for it
+  (touching shm past its size is a SIGBUS, not an exception), otherwise
+  private. (shmem gets no transparent huge pages unless the administrator
+  enabled them.)
 
 :class:`Staging` is one save's copy of the state into the buffer, laid out by
 :mod:`~torchrt.checkpoint.layout`. ``save()`` copies the *small* tensors at
@@ -34,6 +43,7 @@ optimizer step pre-hook, so ``optimizer.step()`` cannot race the copy.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import threading
 import time
@@ -62,11 +72,22 @@ def _shm_free_bytes() -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _page_aligned(nbytes: int) -> torch.Tensor:
-    """Private memory starting on a page boundary (direct I/O needs aligned addresses)."""
-    raw = torch.empty(nbytes + PAGE, dtype=torch.uint8)
-    skip = -raw.data_ptr() % PAGE
-    return raw[skip:skip + nbytes]
+HUGE_PAGE = 2 << 20
+
+
+def _huge_page_backed(nbytes: int) -> torch.Tensor:
+    """Private anonymous memory on a 2 MiB boundary, advised to be backed by transparent huge
+    pages (see the module docstring); plain 4 KiB pages where the kernel says no. The tensor
+    keeps the mapping alive."""
+    mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+        except OSError as e:  # THP compiled out or disabled: still correct, only slower direct I/O
+            logger.debug("checkpoint staging: no transparent huge pages (%s)", e)
+    whole = torch.frombuffer(mapping, dtype=torch.uint8)
+    skip = -whole.data_ptr() % HUGE_PAGE
+    return whole[skip:skip + nbytes]
 
 
 class HostBuffer:
@@ -97,7 +118,7 @@ class HostBuffer:
         started = time.perf_counter()
         kind = self.requested
         if kind == "auto":
-            kind = "pinned" if torch.cuda.is_available() else "shared"
+            kind = "pinned" if torch.cuda.is_available() else "private"
         if kind == "shared" and _shm_free_bytes() < nbytes + (64 << 20):
             logger.warning("checkpoint staging: /dev/shm has %.1f GiB free, need %.1f GiB; using private memory",
                            _shm_free_bytes() / 2**30, nbytes / 2**30)
@@ -110,9 +131,9 @@ class HostBuffer:
             except RuntimeError as e:  # e.g. a file size limit on the shm file
                 logger.warning("checkpoint staging: no shared memory (%s); using private memory", e)
                 kind = "private"
-                buf = _page_aligned(nbytes)
+                buf = _huge_page_backed(nbytes)
         else:
-            buf = _page_aligned(nbytes)
+            buf = _huge_page_backed(nbytes)
         buf.fill_(0)  # pre-touch: fault every page in now, not during a save
         self._buf = buf
         self.kind = kind
