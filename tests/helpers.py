@@ -88,12 +88,13 @@ def assert_same(a: dict, b: dict, what: str = "") -> None:
         assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
 
 
-def spawn_ranks(worker: Callable[..., None], world: int, *args: Any) -> None:
-    """Run ``worker(rank, world, port, *args)`` in ``world`` spawned processes (a free port for
-    their store); a worker's exception fails the caller with its traceback."""
+def spawn_ranks(worker: Callable[..., None], world: int, *args: Any, port: int | None = None) -> None:
+    """Run ``worker(rank, world, port, *args)`` in ``world`` spawned processes (``port`` for their
+    store, a free one by default); a worker's exception fails the caller with its traceback."""
     import torch.multiprocessing as mp
 
-    mp.start_processes(worker, args=(world, free_port(), *args), nprocs=world, start_method="spawn", join=True)
+    mp.start_processes(worker, args=(world, port or free_port(), *args), nprocs=world, start_method="spawn",
+                       join=True)
 
 
 def init_gloo(rank: int, world: int, port: int) -> None:

@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.helpers import free_port
+from tests.helpers import free_port, spawn_ranks
 
 ROUNDS = 150
 
@@ -55,8 +55,9 @@ def _worker(rank: int, world: int, port: int, rounds: int, env: dict[str, str], 
 
 
 def _run(worker, world: int, port: int, *args) -> list[str]:
+    """The problems ``worker(rank, world, port, *args, failures)`` reported from every rank."""
     failures = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(worker, args=(world, port, *args, failures), nprocs=world, start_method="spawn")
+    spawn_ranks(worker, world, *args, failures, port=port)
     problems = []
     while not failures.empty():
         problems.append(failures.get())

@@ -174,8 +174,10 @@ _barrier_reports: dict[str, _BarrierReport] = {}
 
 
 def job_store(timeout: timedelta | None = None) -> dist.Store:
-    """The store all workers of the job share: the coordinator's under torchrt (it outlives
-    the round's rank 0), else the default process group's. One client per process."""
+    """The store all workers of the job share, itself rather than a prefixed view (a
+    ``PrefixStore`` does not forward every operation, e.g. ``barrier``): the coordinator's under
+    torchrt (it outlives the round's rank 0), else the one under the default process group's.
+    Callers keep their keys apart with prefixes of their own. One client per process."""
     global _job_store
     if _job_store is None:
         ctx = current()
@@ -184,18 +186,23 @@ def job_store(timeout: timedelta | None = None) -> dist.Store:
             _job_store = dist.TCPStore(host, port, is_master=False, use_libuv=True,
                                        timeout=timeout or timedelta(minutes=10))
         else:  # plain torchrun
-            _job_store = dist.distributed_c10d._get_default_store()
+            _job_store = underlying_store(dist.distributed_c10d._get_default_store())
     return _job_store
 
 
+def underlying_store(store: dist.Store) -> dist.Store:
+    """The store under any number of ``PrefixStore`` wrappers."""
+    while isinstance(store, dist.PrefixStore):
+        store = store.underlying_store
+    return store
+
+
 def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> tuple[dist.Store, str]:
-    """The TCPStore itself (a PrefixStore would not forward its ``barrier`` operation) and the
-    key prefix that keeps this round's or this restart generation's barriers apart."""
+    """The job's store and the key prefix that keeps this round's or this restart generation's
+    barriers apart."""
     global _barrier_store
     if _barrier_store is None:
         store = job_store(timeout)
-        while isinstance(store, dist.PrefixStore):  # plain torchrun's default store
-            store = store.underlying_store
         if ctx.store is None:
             prefix = f"torchrt/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         else:

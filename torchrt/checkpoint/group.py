@@ -50,6 +50,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from torchrt import distributed
 from torchrt.checkpoint.errors import CheckpointError
 from torchrt.protocol import worker_gone_key
 
@@ -143,17 +144,9 @@ class LocalGroup(CheckpointGroup):
 def _shared_store() -> dist.Store:
     """The coordinator's store when torchrt.init() ran under torchrt (ranks then report their
     shards through the coordinator), else the default process group's."""
-    from torchrt import distributed
-
     if distributed.is_initialized():
         return distributed.job_store()
     return dist.distributed_c10d._get_default_store()
-
-
-def _base_store(store: dist.Store) -> dist.Store:
-    while isinstance(store, dist.PrefixStore):
-        store = store.underlying_store
-    return store
 
 
 class StoreGroup(CheckpointGroup):
@@ -164,7 +157,7 @@ class StoreGroup(CheckpointGroup):
         self.rank = rank
         self.world_size = world_size
         self.namespace = namespace
-        self._base = _base_store(store)
+        self._base = distributed.underlying_store(store)
         self._pg = process_group
         self._gone_key = gone_key  # group rank -> the coordinator's "worker gone" key
         self._local = threading.local()
@@ -266,8 +259,6 @@ class StoreGroup(CheckpointGroup):
 
 def _gone_keys(process_group: Any) -> Callable[[int], str] | None:
     """Group rank -> the key the coordinator sets when that rank's worker is gone (under torchrt)."""
-    from torchrt import distributed
-
     ctx = distributed.current() if distributed.is_initialized() else None
     if ctx is None or ctx.store is None or ctx.run_id is None or ctx.round is None:
         return None

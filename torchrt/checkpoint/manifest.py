@@ -133,9 +133,9 @@ class Manifest:
                     out.setdefault(fqn, []).append((r.rank, s))
         return out
 
-    def data_files(self) -> list[str]:
+    def data_files(self) -> list[FileRange]:
         """Every rank's data files (not the trees), in rank order."""
-        return [f.name for r in self.ranks for f in r.data_files]
+        return [f for r in self.ranks for f in r.data_files]
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "step": self.step, "world_size": self.world_size,

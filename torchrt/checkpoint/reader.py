@@ -105,17 +105,17 @@ class CheckpointReader:
                 view = memoryview(raw.numpy()) if slot.nbytes else memoryview(b"")
                 for fi, foff, length, soff in pieces(record.data_files, slot.offset, slot.nbytes):
                     jobs.setdefault((rank, fi), []).append((foff, length, view[soff:soff + length]))
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(self.threads, len(jobs) or 1))) as pool:
-            futures = [pool.submit(self._read_ranges, self.manifest.ranks[r].data_files[fi], segs)
-                       for (r, fi), segs in jobs.items()]
-            self.bytes_read += sum(fut.result() for fut in futures)
+        self._read_files([(self.manifest.ranks[r].data_files[fi], segs) for (r, fi), segs in jobs.items()])
         return out
 
-    def verify_files(self, paths: Collection[str]) -> None:
-        """Read ``paths`` whole (in parallel) and check their sizes and checksums."""
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(self.threads, len(paths) or 1))) as pool:
-            rngs = {f.name: f for r in self.manifest.ranks for f in r.data_files}
-            futures = [pool.submit(self._read_ranges, rngs[p], []) for p in paths]
+    def verify_files(self, files: Collection[FileRange]) -> None:
+        """Read ``files`` whole and check their sizes and checksums."""
+        self._read_files([(f, []) for f in files])
+
+    def _read_files(self, jobs: list[tuple[FileRange, list[tuple[int, int, memoryview]]]]) -> None:
+        """Read each file once, in parallel threads, filling its segments and verifying it."""
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(self.threads, len(jobs) or 1))) as pool:
+            futures = [pool.submit(self._read_ranges, rng, segs) for rng, segs in jobs]
             self.bytes_read += sum(fut.result() for fut in futures)
 
     def _read_ranges(self, rng: FileRange, segments: list[tuple[int, int, memoryview]]) -> int:
