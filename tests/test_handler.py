@@ -14,7 +14,7 @@ from torch.distributed.elastic.rendezvous.api import RendezvousClosedError, Rend
 from launch.status import fetch_status, render_status
 from torchrt.coordinator import Coordinator, CoordinatorClient, CoordinatorConfig
 from torchrt.errors import NodeRejectedError, RendezvousConfigError
-from torchrt.protocol import PROTOCOL_VERSION
+from torchrt.contract import PROTOCOL_VERSION
 from torchrt.rendezvous import create_handler
 from torchrt.rendezvous.handler import TorchrtRendezvousHandler
 

@@ -38,7 +38,8 @@ import torch.distributed as dist
 
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.errors import BarrierError
-from torchrt.protocol import parse_endpoint, round_store_prefix
+from torchrt.contract import barrier_key, restart_store_prefix, round_store_prefix
+from torchrt.protocol import parse_endpoint
 from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def barrier(name: str = "barrier", timeout: timedelta | None = None) -> float:
     _barrier_seq[name] = seq
     started = time.perf_counter()
     try:
-        store.barrier(f"{prefix}barrier/{name}", seq * ctx.world_size, timeout)
+        store.barrier(barrier_key(prefix, name), seq * ctx.world_size, timeout)
     except dist.DistError as e:
         _broken_barriers.add(name)
         raise BarrierError(f"barrier {name!r} (call {seq}): not every one of the {ctx.world_size} ranks "
@@ -204,7 +205,7 @@ def _store_for_barriers(ctx: WorkerContext, timeout: timedelta | None) -> tuple[
     if _barrier_store is None:
         store = job_store(timeout)
         if ctx.store is None:
-            prefix = f"torchrt/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+            prefix = restart_store_prefix(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
         else:
             prefix = round_store_prefix(str(ctx.run_id), int(ctx.round or 0))
         _barrier_store = (store, prefix)

@@ -1,4 +1,7 @@
-"""Wire format between the coordinator and its peers (handlers, workers, tools).
+"""Wire framing between the coordinator and its peers (handlers, workers, tools).
+
+The names carried inside the frames (ops, push kinds, error codes, roles, event
+types) are defined in :mod:`torchrt.contract`.
 
 One TCP connection per peer carries newline-delimited JSON objects in both
 directions. A request carries ``op`` and a client-chosen ``id``; its reply
@@ -15,7 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-PROTOCOL_VERSION = 1
+from torchrt.contract import DEFAULT_PORT
+
 MAX_LINE_BYTES = 8 * 1024 * 1024
 
 Message = dict[str, Any]
@@ -34,7 +38,7 @@ def decode(line: bytes) -> Message:
     return message
 
 
-def parse_endpoint(endpoint: str, default_port: int = 29400) -> tuple[str, int]:
+def parse_endpoint(endpoint: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """Split ``HOST[:PORT]`` (IPv6 in brackets) into host and port."""
     endpoint = endpoint.strip()
     if not endpoint:
@@ -56,13 +60,3 @@ def parse_endpoint(endpoint: str, default_port: int = 29400) -> tuple[str, int]:
         raise ValueError(f"port {port} in endpoint {endpoint!r} is out of range 0-65535")
     return host, port
 
-
-def round_store_prefix(run_id: str, round_number: int) -> str:
-    """Key prefix under which everything of one round lives in the coordinator's store."""
-    return f"torchrt/{run_id}/round{round_number}/"
-
-
-def worker_gone_key(run_id: str, round_number: int, rank: int) -> str:
-    """Store key the coordinator sets when the worker of ``rank`` in a round disconnected from it
-    (its process exited or died): ranks waiting on that worker stop waiting."""
-    return f"{round_store_prefix(run_id, round_number)}workers/gone/{rank}"

@@ -17,7 +17,7 @@ each other's keys.
   rank reports too); rank 0's committer waits for all of them
   (``TCPStore.wait``, answered by the server as soon as the keys appear), then
   deletes them. A rank that *died* cannot report: under torchrt the
-  coordinator sets ``worker_gone_key`` (:mod:`torchrt.protocol`) when a
+  coordinator sets ``worker_gone_key`` (:mod:`torchrt.contract`) when a
   worker's connection to it closes, and the waits here look for it once a
   second, so rank 0 fails the commit with :class:`RankGoneError` within about
   a second instead of waiting ``commit_timeout`` (the other ranks likewise
@@ -52,7 +52,7 @@ import torch.distributed as dist
 
 from torchrt import distributed
 from torchrt.checkpoint.errors import CheckpointError
-from torchrt.protocol import worker_gone_key
+from torchrt.contract import worker_gone_key
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torchrt.errors import CoordinatorUnavailableError, ProtocolError, error_from_reply
-from torchrt.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, Message, decode, encode, parse_endpoint
+from torchrt.contract import PROTOCOL_VERSION
+from torchrt.protocol import MAX_LINE_BYTES, Message, decode, encode, parse_endpoint
 
 logger = logging.getLogger(__name__)
 

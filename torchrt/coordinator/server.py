@@ -44,7 +44,8 @@ from torchrt.coordinator.run_dir import (
     write_text_atomic,
 )
 from torchrt.data.events import DATA_PREVIEW, RegistryFold
-from torchrt.protocol import MAX_LINE_BYTES, PROTOCOL_VERSION, Message, decode, encode, worker_gone_key
+from torchrt.contract import PROTOCOL_VERSION, worker_gone_key
+from torchrt.protocol import MAX_LINE_BYTES, Message, decode, encode
 from torchrt.telemetry import METRIC
 
 logger = logging.getLogger(__name__)

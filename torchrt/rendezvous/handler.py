@@ -40,7 +40,8 @@ from torch.distributed.elastic.utils.distributed import get_free_port
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.coordinator.server import Coordinator, CoordinatorConfig
 from torchrt.errors import CoordinatorUnavailableError
-from torchrt.protocol import Message, parse_endpoint, round_store_prefix
+from torchrt.contract import round_store_prefix
+from torchrt.protocol import Message, parse_endpoint
 from torchrt.rendezvous.node_info import describe_node, is_local_host
 from torchrt.rendezvous.options import RendezvousOptions
 
