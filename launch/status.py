@@ -7,15 +7,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from torchrt.contract import Op, Push, Role
 from torchrt.coordinator.client import CoordinatorClient
 
 
 def fetch_status(endpoint: str, token: str | None = None, events: int = 15) -> dict[str, Any]:
     """The coordinator's snapshot and its most recent events."""
-    client = CoordinatorClient(endpoint, role="observer", token=token)
+    client = CoordinatorClient(endpoint, role=Role.OBSERVER, token=token)
     try:
         client.connect(timeout=5)
-        return client.request("status", events=events, timeout=10)
+        return client.request(Op.STATUS, events=events, timeout=10)
     finally:
         client.close()
 
@@ -74,13 +75,13 @@ def follow_events(endpoint: str, token: str | None, since: int, emit: Callable[[
     """Print every event after ``since`` as the coordinator pushes it, until it goes away."""
 
     def on_push(message: dict[str, Any]) -> None:
-        if message.get("push") == "event":
+        if message.get("push") == Push.EVENT:
             emit(format_event(message["event"]))
 
-    client = CoordinatorClient(endpoint, role="observer", token=token, on_push=on_push)
+    client = CoordinatorClient(endpoint, role=Role.OBSERVER, token=token, on_push=on_push)
     try:
         client.connect(timeout=5)
-        for event in client.request("subscribe", since=since)["events"]:
+        for event in client.request(Op.SUBSCRIBE, since=since)["events"]:
             emit(format_event(event))
         client.lost.wait()
     finally:

@@ -36,9 +36,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from torchrt.contract import Env, EventType, Op, Role, barrier_key, restart_store_prefix, round_store_prefix
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.errors import BarrierError
-from torchrt.contract import barrier_key, restart_store_prefix, round_store_prefix
 from torchrt.protocol import parse_endpoint
 from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
 
@@ -75,7 +75,7 @@ def init(backend: str | None = None, timeout: timedelta = timedelta(minutes=10))
     if _context is not None:
         return _context
     env = os.environ
-    chosen = backend or env.get("TORCHRT_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    chosen = backend or env.get(Env.BACKEND) or ("nccl" if torch.cuda.is_available() else "gloo")
     local_rank = int(env.get("LOCAL_RANK", "0"))
     device = torch.device("cpu")
     if chosen == "nccl":
@@ -83,14 +83,14 @@ def init(backend: str | None = None, timeout: timedelta = timedelta(minutes=10))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=chosen, timeout=timeout)
-    round_text = env.get("TORCHRT_ROUND")
+    round_text = env.get(Env.ROUND)
     _context = WorkerContext(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
         local_world_size=int(env.get("LOCAL_WORLD_SIZE", "1")), backend=chosen, device=device,
-        run_id=env.get("TORCHRT_RUN_ID") or env.get("TORCHELASTIC_RUN_ID"),
-        round=int(round_text) if round_text else None, node_id=env.get("TORCHRT_NODE_ID"),
-        endpoint=env.get("TORCHRT_ENDPOINT"),
-        store=env.get("TORCHRT_STORE") if round_text else None,  # exported with the round
+        run_id=env.get(Env.RUN_ID) or env.get("TORCHELASTIC_RUN_ID"),
+        round=int(round_text) if round_text else None, node_id=env.get(Env.NODE_ID),
+        endpoint=env.get(Env.ENDPOINT),
+        store=env.get(Env.STORE) if round_text else None,  # exported with the round
     )
     _start_telemetry(_context)
     if env.get("TORCHELASTIC_RUN_ID") is not None:
@@ -162,7 +162,7 @@ class _BarrierReport:
         if not self.latencies:
             return
         ordered = sorted(self.latencies)
-        get_reporter().emit("barrier", name=self.name, seq=self.last[0], world_size=self.last[1],
+        get_reporter().emit(EventType.BARRIER, name=self.name, seq=self.last[0], world_size=self.last[1],
                             completions=len(ordered), latency_us=round(ordered[-1] * 1e6, 1),
                             p50_us=round(ordered[len(ordered) // 2] * 1e6, 1),
                             max_us=round(ordered[-1] * 1e6, 1))
@@ -235,7 +235,7 @@ def _start_telemetry(ctx: WorkerContext) -> None:
     if ctx.endpoint is None or not isinstance(get_reporter(), NullReporter):
         return
     client = CoordinatorClient(
-        ctx.endpoint, role="worker", run_id=ctx.run_id, token=os.environ.get("TORCHRT_TOKEN"),
+        ctx.endpoint, role=Role.WORKER, run_id=ctx.run_id, token=os.environ.get(Env.TOKEN),
         hello={"info": {"rank": ctx.rank, "local_rank": ctx.local_rank, "world_size": ctx.world_size,
                         "local_world_size": ctx.local_world_size, "node_id": ctx.node_id,
                         "round": ctx.round, "pid": os.getpid(), "backend": ctx.backend}},
@@ -248,7 +248,7 @@ def _start_telemetry(ctx: WorkerContext) -> None:
         return
 
     def deliver(events: list[dict]) -> None:
-        client.request("telemetry", events=events, timeout=10)
+        client.request(Op.TELEMETRY, events=events, timeout=10)
 
     reporter = Reporter(deliver)
     set_reporter(reporter)

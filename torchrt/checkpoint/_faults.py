@@ -22,9 +22,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from torchrt.contract import Env
+
 __all__ = ["FAULTS", "Faults"]
 
-HANG_ENV = "TORCHRT_CHECKPOINT_TEST_HANG"
+HANG_ENV = Env.CHECKPOINT_TEST_HANG
 
 
 class Faults:

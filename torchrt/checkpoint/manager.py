@@ -75,6 +75,7 @@ from torchrt.checkpoint.spec import CheckpointSpec, OnError, WhenBusy
 from torchrt.checkpoint.staging import BufferKind, HostBuffer, Staging
 from torchrt.checkpoint.state import FlatState, ShardRef, TensorRef, dumps_tree, flatten, iter_leaves
 from torchrt.checkpoint.writer import WriterPool
+from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class CheckpointManager:
             if decision == "skip":
                 detail = (f"step {self._writing_step} is still being written" if busy
                           else "another rank was still writing the previous checkpoint")
-                self._emit("checkpoint_skipped", step=step, reason="busy", detail=detail, path=str(path))
+                self._emit(EventType.CHECKPOINT_SKIPPED, step=step, reason="busy", detail=detail, path=str(path))
                 logger.info("checkpoint: skipped step %d: %s", step, detail)
                 handle._finish(SaveStatus.SKIPPED)
                 self._last_step = step
@@ -418,7 +419,7 @@ class CheckpointManager:
                 self._triggers.popleft()
         for target in missed:  # tell rank 0 at once, so it does not wait for this rank's report
             detail = f"rank {self.rank} was at step {step} when it learned of the time-based save at step {target}"
-            self._emit("checkpoint_skipped", step=target, reason="missed_trigger", detail=detail,
+            self._emit(EventType.CHECKPOINT_SKIPPED, step=target, reason="missed_trigger", detail=detail,
                        path=str(self.root / commit_mod.step_dir_name(target)))
             self.group.report(target, {"ok": False, "rank": self.rank, "stage": "trigger", "error": detail})
         return due
@@ -502,7 +503,7 @@ class CheckpointManager:
             commit_mod.remove_rank_files(self.root, step, self.rank)
             self._fail(job, "write", e)
             return
-        self._emit("checkpoint_saved", step=step, path=str(step_dir), **stats)
+        self._emit(EventType.CHECKPOINT_SAVED, step=step, path=str(step_dir), **stats)
         logger.info("checkpoint: step %d rank %d durable: %.1f MB in %.3f s (%.0f MB/s), stall %.4f s",
                     step, self.rank, nbytes / 1e6, write_s, stats["mb_s"], handle.stall_s)
         job.record = record.to_json()
@@ -514,7 +515,7 @@ class CheckpointManager:
         """A save failed on this rank: event, log, policy; tell rank 0 so it stops waiting."""
         handle = job.handle
         message = _describe(error)
-        self._emit("checkpoint_failed", step=handle.step, stage=stage, error=message,
+        self._emit(EventType.CHECKPOINT_FAILED, step=handle.step, stage=stage, error=message,
                    error_type=type(error).__name__, path=str(handle.path))
         logger.error("checkpoint: step %d failed on rank %d during %s: %s", handle.step, self.rank, stage, message)
         if not handle.staged:
@@ -561,7 +562,7 @@ class CheckpointManager:
             message = _describe(e)
             self.group.publish_result(step, {"status": "failed", "error": message})
             if own.get("ok", False):  # this rank's own failure was reported already
-                self._emit("checkpoint_failed", step=step, stage="commit", error=message,
+                self._emit(EventType.CHECKPOINT_FAILED, step=step, stage="commit", error=message,
                            error_type=type(e).__name__, path=str(handle.path))
                 logger.error("checkpoint: step %d not committed: %s", step, message)
             self._resolve(handle, {"status": "failed", "error": message}, own)
@@ -575,7 +576,7 @@ class CheckpointManager:
         except OSError as e:
             logger.warning("checkpoint retention after step %d: %s", step, e)
             deleted = []
-        self._emit("checkpoint_committed", step=step, path=str(outcome.path), bytes=outcome.bytes,
+        self._emit(EventType.CHECKPOINT_COMMITTED, step=step, path=str(outcome.path), bytes=outcome.bytes,
                    total_s=round(total_s, 6), commit_s=round(commit_s, 6),
                    mb_s=round(outcome.bytes / max(total_s, 1e-9) / 1e6, 1), deleted=deleted,
                    ranks=[{"rank": r["rank"], **{k: r["stats"][k] for k in ("bytes", "stall_s", "write_s", "mb_s")}}

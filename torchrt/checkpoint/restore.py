@@ -41,6 +41,7 @@ from torchrt.checkpoint.manifest import step_dir_name
 from torchrt.checkpoint.reader import CheckpointReader
 from torchrt.checkpoint.dcp import load_through_planner
 from torchrt.checkpoint.state import ShardRef, apply, holds_dtensor, materialize, refs
+from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *,
             read_s = time.perf_counter() - started
             result = RestoreResult(step, step_dir, reader.manifest.world_size, reader.bytes_read, read_s,
                                    skipped, per_rank_skipped)
-            reporter.emit("checkpoint_restored", step=step, rank=group.rank, world_size=group.world_size,
+            reporter.emit(EventType.CHECKPOINT_RESTORED, step=step, rank=group.rank, world_size=group.world_size,
                           saved_world_size=reader.manifest.world_size, bytes=reader.bytes_read,
                           read_s=round(read_s, 4), mb_s=round(reader.bytes_read / max(read_s, 1e-9) / 1e6, 1),
                           skipped=skipped, per_rank_skipped=per_rank_skipped, path=str(step_dir))
@@ -170,7 +171,7 @@ def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *,
         reason = "corrupt" if group.rank in bad else "corrupt_on_other_rank"
         detail = bad.get(group.rank) or "; ".join(f"rank {r}: {v}" for r, v in sorted(bad.items()))
         logger.warning("checkpoint: skipping step %d: %s", step, detail)
-        reporter.emit("checkpoint_skipped", step=step, rank=group.rank, world_size=group.world_size,
+        reporter.emit(EventType.CHECKPOINT_SKIPPED, step=step, rank=group.rank, world_size=group.world_size,
                       reason=reason, detail=detail, path=str(step_dir))
         skipped.append(step)
     raise NoValidCheckpointError(f"{root}: none of the committed checkpoints {candidates} could be restored; "

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchrt.contract import EventType
+
 logger = logging.getLogger(__name__)
 
 EventSink = Callable[..., None]
@@ -147,11 +149,11 @@ class Membership:
         node = self.nodes.get(node_id)
         if node is None:
             node = self.nodes[node_id] = Node(node_id, info, last_seen=now)
-            self.emit("node_joined", node=node_id, **_public_info(info))
+            self.emit(EventType.NODE_JOINED, node=node_id, **_public_info(info))
         elif node.status not in ALIVE:
             node.info, node.rank, node.round = info, None, None
             self._set_status(node, NodeStatus.IDLE)
-            self.emit("node_joined", node=node_id, returning=True, **_public_info(info))
+            self.emit(EventType.NODE_JOINED, node=node_id, returning=True, **_public_info(info))
         node.last_seen = now
         return node
 
@@ -165,9 +167,9 @@ class Membership:
         was_active = node.status == NodeStatus.ACTIVE and self.current is not None
         node.waiting_since, node.dropped_from = now, None
         self._set_status(node, NodeStatus.WAITING)
-        self.emit("node_waiting", node=node_id, round=self.current.number if self.current else 0)
+        self.emit(EventType.NODE_WAITING, node=node_id, round=self.current.number if self.current else 0)
         if was_active:
-            self.emit("restart", node=node_id, round=self.current.number,
+            self.emit(EventType.RESTART, node=node_id, round=self.current.number,
                       reason=cause or "node asked for a new round")
             self._need_round(f"{node_id} restarted its workers ({cause or 'no cause given'})", now)
         elif self.current is None:
@@ -183,7 +185,7 @@ class Membership:
             return
         node.last_seen, node.waiting_since = now, None
         self._set_status(node, NodeStatus.LEFT)
-        self.emit("node_left", node=node_id)
+        self.emit(EventType.NODE_LEFT, node=node_id)
 
     def fail(self, node_id: str, reason: str, now: float) -> None:
         """Declare a node dead; survivors re-form if it was a participant."""
@@ -193,7 +195,7 @@ class Membership:
         was_active = node.status == NodeStatus.ACTIVE
         node.waiting_since = None
         self._set_status(node, NodeStatus.DEAD)
-        self.emit("node_dead", node=node_id, reason=reason,
+        self.emit(EventType.NODE_DEAD, node=node_id, reason=reason,
                   silent_s=round(now - node.last_seen, 3))
         if was_active and self.current is not None and node_id in self.current.participants:
             self._need_round(f"{node_id} died ({reason})", now)
@@ -209,7 +211,7 @@ class Membership:
             return []
         self.closed = True
         self._pending = None
-        self.emit("rendezvous_closed", by=by)
+        self.emit(EventType.RENDEZVOUS_CLOSED, by=by)
         waiting = list(self._waiting)
         for node_id in waiting:
             self._set_status(self.nodes[node_id], NodeStatus.IDLE)
@@ -234,7 +236,7 @@ class Membership:
         ]
         for node_id in late:
             self._set_status(self.nodes[node_id], NodeStatus.IDLE)
-            self.emit("round_timeout", node=node_id, waited_s=self.settings.join_timeout,
+            self.emit(EventType.ROUND_TIMEOUT, node=node_id, waited_s=self.settings.join_timeout,
                       waiting=self.waiting_count(), min_nodes=self.settings.min_nodes)
         return late
 
@@ -318,7 +320,7 @@ class Membership:
     def _need_round(self, reason: str, now: float) -> None:
         if self._pending is None and not self.closed:
             self._pending = _Pending(reason, now)
-            self.emit("round_started", round=(self.current.number if self.current else 0) + 1,
+            self.emit(EventType.ROUND_STARTED, round=(self.current.number if self.current else 0) + 1,
                       reason=reason)
             self._note_min_reached(now)
 
@@ -381,7 +383,7 @@ class Membership:
             self._set_status(node, NodeStatus.IDLE)
         self.current, self._pending = new_round, None
         self.emit(
-            "round_completed", round=number, world_size=new_round.world_size,
+            EventType.ROUND_COMPLETED, round=number, world_size=new_round.world_size,
             participants=list(new_round.participants), reason=pending.reason,
             backend=new_round.backend, dropped=dropped,
             spares=[n.node_id for n in waiting[self.settings.max_nodes:]],

@@ -18,6 +18,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from torchrt.contract import EventType
+
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -35,11 +37,11 @@ class CheckpointRecords:
     def apply(self, event: Event) -> bool:
         kind = event.get("type")
         fields = {k: v for k, v in event.items() if k != "type"}
-        if kind == "checkpoint_committed":
+        if kind == EventType.CHECKPOINT_COMMITTED:
             self.committed.append(fields)
-        elif kind in ("checkpoint_failed", "checkpoint_skipped"):
+        elif kind in (EventType.CHECKPOINT_FAILED, EventType.CHECKPOINT_SKIPPED):
             self.problems.append({"kind": kind.removeprefix("checkpoint_"), **fields})
-        elif kind == "checkpoint_restored":
+        elif kind == EventType.CHECKPOINT_RESTORED:
             self.restored.append(fields)
         else:
             return False
@@ -54,19 +56,19 @@ class CheckpointRecords:
 def scalars_of(event: Event) -> list[tuple[str, float, int]]:
     """The (tag, value, step) scalars an event contributes to TensorBoard."""
     kind, rank = event.get("type"), event.get("rank")
-    if kind == "metric":  # torchrt.log_metric(name, value, step)
+    if kind == EventType.METRIC:  # torchrt.log_metric(name, value, step)
         return [(str(event["name"]), float(event["value"]), int(event.get("step", 0)))]
-    if kind == "round_completed":
+    if kind == EventType.ROUND_COMPLETED:
         n = int(event["round"])
         return [("rendezvous/round_total_s", event["total_s"], n), ("rendezvous/world_size", event["world_size"], n)]
-    if kind == "barrier":
+    if kind == EventType.BARRIER:
         return [(f"barrier/{event['name']}/p50_us", event.get("p50_us", event["latency_us"]), int(event["seq"]))]
-    if kind == "checkpoint_saved":
+    if kind == EventType.CHECKPOINT_SAVED:
         step = int(event["step"])
         return [(f"checkpoint/{key}/rank{rank}", event[key], step) for key in ("stall_s", "write_s", "mb_s")]
-    if kind == "checkpoint_committed":
+    if kind == EventType.CHECKPOINT_COMMITTED:
         return [(f"checkpoint/{key}", event[key], int(event["step"])) for key in ("total_s", "mb_s", "bytes")]
-    if kind == "data_timing":
+    if kind == EventType.DATA_TIMING:
         step = int(event.get("position", 0)) + int(event.get("epoch", 0)) * 10**9
         return [(f"data/{event['dataset']}/{key}/rank{rank}", event[key], step)
                 for key in ("samples_per_s", "wait_fraction") if key in event]

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
 
 __all__ = [
@@ -38,11 +39,12 @@ __all__ = [
     "registry_view",
 ]
 
-DATASET_REGISTERED = "dataset_registered"
-DATA_RESUMED = "data_resumed"
-DATA_PROGRESS = "data_progress"
-DATA_TIMING = "data_timing"
-DATA_PREVIEW = "data_preview"
+# The names are the contract's (torchrt.contract); kept here as the data layer's vocabulary.
+DATASET_REGISTERED = EventType.DATASET_REGISTERED
+DATA_RESUMED = EventType.DATA_RESUMED
+DATA_PROGRESS = EventType.DATA_PROGRESS
+DATA_TIMING = EventType.DATA_TIMING
+DATA_PREVIEW = EventType.DATA_PREVIEW
 DATA_EVENTS = (DATASET_REGISTERED, DATA_RESUMED, DATA_PROGRESS, DATA_TIMING, DATA_PREVIEW)
 
 

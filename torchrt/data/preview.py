@@ -37,13 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PreviewTap", "encode_png", "render_sample"]
 
-EVENT = "data_preview"
+EVENT = EventType.DATA_PREVIEW
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from torchrt.contract import EventType
+
 logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
@@ -61,7 +63,7 @@ class Reporter:
         while self._queue:
             batch.append(self._queue.popleft())
         if self._dropped:
-            batch.append({"type": "telemetry_dropped", "ts": time.time(), "count": self._dropped})
+            batch.append({"type": EventType.TELEMETRY_DROPPED, "ts": time.time(), "count": self._dropped})
             self._dropped = 0
         return batch
 
@@ -93,7 +95,7 @@ class NullReporter(Reporter):
 
 _reporter: Reporter = NullReporter()
 
-METRIC = "metric"
+METRIC = EventType.METRIC
 
 
 def log_metric(name: str, value: float, step: int) -> None:
