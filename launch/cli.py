@@ -1,8 +1,17 @@
 """``torchrt`` subcommands: run, coordinator, status, doctor.
 
 Each subcommand is a small function taking parsed arguments and returning an
-exit status; errors meant for the user are printed as one ``torchrt: ...``
-line on stderr.
+exit status. Errors meant for the user are one ``torchrt: ...`` line on
+stderr, never a traceback: a bad argument or value (a malformed ``--bind``,
+a run id that is not a name, a run directory that cannot be written) exits
+with status 2 before anything starts, as argparse's own usage errors do; a
+failure while running (no coordinator answers, the port is taken) exits 1.
+
+``torchrt coordinator`` stops on SIGTERM at once; on SIGINT (Ctrl-C) it
+drains (closes the rendezvous and waits for the job's nodes and workers to
+go, then stops; a second Ctrl-C stops at once); with ``--owner-pid`` it
+drains when that process exits, which is how ``torchrt run`` ties the
+coordinator it starts to itself.
 """
 
 from __future__ import annotations
@@ -12,10 +21,58 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
+from typing import NoReturn
 
 logger = logging.getLogger(__name__)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``torchrt: coordinator: argument --bind: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("torchrt").strip()
+        self.exit(USAGE_ERROR, f"torchrt: {where + ': ' if where else ''}{message} (see {self.prog} --help)\n")
+
+
+def _endpoint(text: str) -> str:
+    from torchrt.protocol import parse_endpoint
+
+    try:
+        parse_endpoint(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _run_id(text: str) -> str:
+    from torchrt.coordinator.run_dir import InvalidRunIdError, check_run_id
+
+    try:
+        return check_run_id(text, key="--run-id")
+    except InvalidRunIdError as e:
+        raise argparse.ArgumentTypeError(e.problem) from None
+
+
+def _pid(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a process id (a positive integer), got {text!r}")
+    return int(text)
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.upper()
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from torchrt.tokens import resolve_token
+
+    return resolve_token(args.token, args.token_file)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -25,25 +82,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
+    from launch.owner import watch_owner
+    from torchrt.contract import Env
     from torchrt.coordinator import Coordinator, CoordinatorConfig
+    from torchrt.coordinator.run_dir import ensure_writable
     from torchrt.protocol import parse_endpoint
 
-    host, port = parse_endpoint(args.bind)
-    token = args.token or os.environ.get("TORCHRT_TOKEN") or None
-    run_dir = Path(args.run_dir) if args.run_dir else Path("torchrt_runs") / (args.run_id or "coordinator")
+    host, port = parse_endpoint(args.bind or _default_endpoint())
+    token = _token(args)
+    runs_dir = Path(os.environ.get(Env.RUNS_DIR) or "torchrt_runs")
+    run_dir = ensure_writable(Path(args.run_dir) if args.run_dir else runs_dir / (args.run_id or "coordinator"))
     coordinator = Coordinator(CoordinatorConfig(run_dir=run_dir, host=host, port=port,
                                                 run_id=args.run_id, token=token))
     try:
         coordinator.start()
     except OSError as e:
-        print(f"torchrt: cannot listen on {args.bind}: {e}", file=sys.stderr)
+        print(f"torchrt: cannot listen on {args.bind}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"torchrt coordinator listening on {coordinator.endpoint} "
           f"(store port {coordinator.store_port}, run dir {run_dir})", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    interrupted = False
+
+    def on_sigint(_signum: int, _frame: object) -> None:
+        nonlocal interrupted
+        if interrupted:
+            coordinator.stop_soon("interrupted twice (SIGINT)")
+        else:
+            interrupted = True
+            coordinator.drain("interrupted (SIGINT)")
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, lambda *_: coordinator.stop_soon("terminated (SIGTERM)"))
+    if args.owner_pid is not None:
+        watch_owner(args.owner_pid, lambda: coordinator.drain(f"its owner (pid {args.owner_pid}) exited"))
+    coordinator.wait()
     coordinator.stop()
     return 0
 
@@ -51,20 +123,39 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from launch.status import print_status
 
-    return print_status(args.endpoint, token=args.token or os.environ.get("TORCHRT_TOKEN"),
-                        events=args.events, as_json=args.json, follow=args.follow)
+    return print_status(args.endpoint or _default_endpoint(), token=_token(args), events=args.events,
+                        as_json=args.json, follow=args.follow)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from launch.doctor import run_doctor
 
-    return run_doctor(args.endpoint, token=args.token or os.environ.get("TORCHRT_TOKEN"))
+    try:
+        token = _token(args)
+    except ImportError:  # a broken install: run_doctor says what is broken
+        token = args.token
+    return run_doctor(args.endpoint, token=token)
+
+
+def _default_endpoint() -> str:
+    from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT
+
+    return f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+
+def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--token", default=None,
+                        help=f"{what} (shows in ps: prefer --token-file or TORCHRT_TOKEN)")
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help="a file holding the token (or TORCHRT_TOKEN_FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchrt", description="torchrt: a distributed training runtime "
-                                                                 "for torchrun")
-    parser.add_argument("--log-level", default=os.environ.get("TORCHRT_LOG_LEVEL", "WARNING"))
+    """The parser; it imports nothing of torchrt (``doctor`` must run on a broken install)."""
+    default_endpoint = "127.0.0.1 and torchrun's default port"
+    parser = _Parser(prog="torchrt", description="torchrt: a distributed training runtime for torchrun")
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("TORCHRT_LOG_LEVEL", "WARNING"),
+                        help=f"one of {', '.join(LOG_LEVELS)} (or TORCHRT_LOG_LEVEL)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="validate a YAML job config and run it through torchrun")
@@ -74,39 +165,48 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     coord = sub.add_parser("coordinator", help="run a standalone coordinator")
-    coord.add_argument("--bind", default="127.0.0.1:29400", metavar="HOST:PORT")
-    coord.add_argument("--run-dir", default=None)
-    coord.add_argument("--run-id", default=None, help="serve only this run id (default: the first node's)")
-    coord.add_argument("--token", default=None, help="shared secret nodes must present (or TORCHRT_TOKEN)")
+    coord.add_argument("--bind", type=_endpoint, default=None, metavar="HOST:PORT",
+                       help=f"default: {default_endpoint}")
+    coord.add_argument("--run-dir", default=None, help="default: $TORCHRT_RUNS_DIR (torchrt_runs)/RUN_ID")
+    coord.add_argument("--run-id", type=_run_id, default=None,
+                       help="serve only this run id (default: the first node's)")
+    _add_token_options(coord, "shared secret nodes must present")
+    coord.add_argument("--owner-pid", type=_pid, default=None, metavar="PID",
+                       help="drain and exit when this process exits (what `torchrt run` uses)")
     coord.set_defaults(func=_cmd_coordinator)
 
     status = sub.add_parser("status", help="membership, rounds and recent events of a job")
-    status.add_argument("--endpoint", default="127.0.0.1:29400", metavar="HOST:PORT")
-    status.add_argument("--token", default=None)
+    status.add_argument("--endpoint", type=_endpoint, default=None, metavar="HOST:PORT",
+                        help=f"default: {default_endpoint}")
+    _add_token_options(status, "the job's token")
     status.add_argument("--events", type=int, default=15, help="how many recent events to show")
     status.add_argument("--json", action="store_true", help="print the raw state as JSON")
     status.add_argument("--follow", action="store_true", help="then print events live as they happen")
     status.set_defaults(func=_cmd_status)
 
     doctor = sub.add_parser("doctor", help="check that torchrun sees the plug-in and the endpoint answers")
-    doctor.add_argument("--endpoint", default=None, metavar="HOST:PORT")
-    doctor.add_argument("--token", default=None)
+    doctor.add_argument("--endpoint", type=_endpoint, default=None, metavar="HOST:PORT")
+    _add_token_options(doctor, "the job's token")
     doctor.set_defaults(func=_cmd_doctor)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        print("torchrt: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except Exception as e:
-        from torchrt.errors import RendezvousError  # lazily: `doctor` must run on a broken install
+        from torchrt.coordinator.run_dir import RunDirError  # lazily: `doctor` must run on a broken install
+        from torchrt.errors import TorchrtError
 
-        if not isinstance(e, RendezvousError):
+        if not isinstance(e, TorchrtError):
             raise
         print(f"torchrt: {e}", file=sys.stderr)
-        return 1
+        return USAGE_ERROR if isinstance(e, (ValueError, RunDirError)) else 1
 
 
 if __name__ == "__main__":

@@ -2,10 +2,22 @@
 
 Steps: load and validate the config (a bad one exits with status 2 before
 anything starts); make sure a coordinator answers at ``rendezvous.endpoint``
-(use a running one, start one here when this host owns the endpoint, or leave
-it to the torchrun handler's connect retries when the endpoint is remote);
-run torchrun with the torchrt rendezvous backend, forwarding SIGINT/SIGTERM to
-it; stop the coordinator this runner started; return torchrun's exit status.
+(use a running one, start one here when this host owns the endpoint, after
+checking that its run directory can be written, exit 2 if not; or leave it to
+the torchrun handler's connect retries when the endpoint is remote); run
+torchrun with the torchrt rendezvous backend; stop the coordinator this runner
+started; return torchrun's exit status.
+
+Nothing outlives the runner. The coordinator and torchrun run in sessions of
+their own (a terminal's Ctrl-C reaches them once, through the runner) and
+both watch the runner (``--owner-pid``, :mod:`launch.owner`): when it is
+SIGKILLed, torchrun stops its workers and the coordinator drains and exits.
+Ctrl-C (or SIGTERM) of the runner stops the job cleanly: the coordinator is
+told to drain (SIGINT: the rendezvous closes and the nodes that go are
+recorded as leaving, not dying, then ``shutdown``), torchrun gets SIGTERM (it
+stops its workers; SIGTERM, unlike SIGINT, makes no worker print a
+``KeyboardInterrupt`` traceback). A second signal SIGKILLs torchrun and
+everything under it.
 """
 
 from __future__ import annotations
@@ -21,15 +33,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+import psutil
+
 from torchrt.config import ConfigError, JobConfig, config_environment, load_config
 from torchrt.coordinator.client import ping
+from torchrt.coordinator.run_dir import RunDirError, ensure_writable
 from torchrt.errors import CoordinatorUnavailableError, RendezvousError
 from torchrt.protocol import parse_endpoint
 from torchrt.rendezvous.node_info import is_local_host
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["coordinator_argv", "run_config", "torchrun_argv"]
+__all__ = ["agent_argv", "coordinator_argv", "run_config", "torchrun_argv"]
 
 COORDINATOR_START_TIMEOUT = 30.0
 COORDINATOR_STOP_TIMEOUT = 10.0
@@ -69,17 +84,27 @@ def torchrun_argv(config: JobConfig, is_host: bool | None = False) -> list[str]:
     ]
 
 
-def coordinator_argv(config: JobConfig) -> list[str]:
-    """The command that starts a coordinator for ``config`` (its token travels in TORCHRT_TOKEN)."""
+def coordinator_argv(config: JobConfig, owner_pid: int | None = None) -> list[str]:
+    """The command that starts a coordinator for ``config`` (its token travels in TORCHRT_TOKEN),
+    one that exits when process ``owner_pid`` does."""
+    owner = ["--owner-pid", str(owner_pid)] if owner_pid is not None else []
     return [sys.executable, "-m", "launch.cli", "coordinator", "--bind", config.rendezvous.endpoint,
-            "--run-dir", config.job.run_dir, "--run-id", config.job.run_id]
+            "--run-dir", config.job.run_dir, "--run-id", config.job.run_id, *owner]
+
+
+def agent_argv(config: JobConfig, is_host: bool | None, owner_pid: int) -> list[str]:
+    """:func:`torchrun_argv` run by :mod:`launch.agent`: torchrun that stops when ``owner_pid`` does."""
+    torchrun = torchrun_argv(config, is_host=is_host)
+    assert torchrun[1:3] == ["-m", "torch.distributed.run"]
+    return [sys.executable, "-m", "launch.agent", "--owner-pid", str(owner_pid), *torchrun[3:]]
 
 
 def run_config(path: str, overrides: Sequence[str] = ()) -> int:
     """Run the job described by the YAML config at ``path``; return its exit status.
 
-    2: the config is invalid (nothing was started); 1: no coordinator could be
-    started or reached; otherwise torchrun's exit status.
+    2: the config is invalid or the run directory cannot be written (nothing
+    was started); 1: no coordinator could be started or reached; otherwise
+    torchrun's exit status.
     """
     try:
         config = load_config(path, list(overrides))
@@ -87,16 +112,22 @@ def run_config(path: str, overrides: Sequence[str] = ()) -> int:
         print(f"torchrt: {e}", file=sys.stderr)
         return 2
     coordinator: subprocess.Popen[bytes] | None = None
+    stopper: _SignalStop | None = None
     try:
         try:
             found, coordinator = _ensure_coordinator(config)
+        except RunDirError as e:
+            print(f"torchrt: {e}", file=sys.stderr)
+            return 2
         except _StartError as e:
             print(f"torchrt: {e}", file=sys.stderr)
             return 1
-        return _run_torchrun(config, overrides, is_host=False if found else config.rendezvous.is_host)
+        stopper = _SignalStop(coordinator)
+        return _run_torchrun(config, overrides, is_host=False if found else config.rendezvous.is_host,
+                             stopper=stopper)
     finally:
         if coordinator is not None:
-            _stop(coordinator)
+            _stop(coordinator, draining=stopper is not None and stopper.signals > 0)
 
 
 class _StartError(RuntimeError):
@@ -125,14 +156,13 @@ def _ensure_coordinator(config: JobConfig) -> tuple[bool, subprocess.Popen[bytes
     if not owns:
         logger.info("no coordinator at %s yet; torchrun's handler will keep trying to connect", rdzv.endpoint)
         return False, None
-    run_dir = Path(config.job.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = ensure_writable(Path(config.job.run_dir))
     log_path = run_dir / "coordinator.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     if rdzv.token is not None:
         env["TORCHRT_TOKEN"] = rdzv.token
-    argv = coordinator_argv(config)
+    argv = coordinator_argv(config, owner_pid=os.getpid())
     logger.info("starting a coordinator: %s (log: %s)", " ".join(argv), log_path)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -156,39 +186,79 @@ def _ensure_coordinator(config: JobConfig) -> tuple[bool, subprocess.Popen[bytes
         raise
 
 
-def _run_torchrun(config: JobConfig, overrides: Sequence[str], is_host: bool | None) -> int:
-    argv = torchrun_argv(config, is_host=is_host)
+def _run_torchrun(config: JobConfig, overrides: Sequence[str], is_host: bool | None,
+                  stopper: _SignalStop) -> int:
+    argv = agent_argv(config, is_host=is_host, owner_pid=os.getpid())
     env = {**os.environ, **config_environment(config.path, overrides), **config.entrypoint.env}
     logger.info("running %s", " ".join(argv))
-    # Own session: a terminal's Ctrl-C reaches torchrun once, through the forwarding below.
+    # Own session: a terminal's Ctrl-C reaches torchrun once, through the stopper.
     proc = subprocess.Popen(argv, env=env, start_new_session=True)
-    with _forward_signals(proc):
+    with stopper.handling(proc):
         code = proc.wait()
     return code if code >= 0 else 128 - code
 
 
-@contextmanager
-def _forward_signals(proc: subprocess.Popen[bytes]) -> Iterator[None]:
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        logger.info("forwarding signal %d to torchrun (pid %d)", signum, proc.pid)
-        if proc.poll() is None:
-            proc.send_signal(signum)
+class _SignalStop:
+    """While torchrun runs, SIGINT/SIGTERM stop the job (see the module docstring)."""
 
-    previous = {}
+    def __init__(self, coordinator: subprocess.Popen[bytes] | None) -> None:
+        self.coordinator = coordinator
+        self.signals = 0
+        self._torchrun: subprocess.Popen[bytes] | None = None
+
+    @contextmanager
+    def handling(self, torchrun: subprocess.Popen[bytes]) -> Iterator[None]:
+        self._torchrun = torchrun
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread: signals stay where they are
+            logger.debug("signals are not handled: run_config is not on the main thread")
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.signals += 1
+        torchrun = self._torchrun
+        if torchrun is None or torchrun.poll() is not None:
+            return
+        if self.signals == 1:
+            logger.info("got %s: stopping the job (torchrun pid %d)", signal.Signals(signum).name, torchrun.pid)
+            if self.coordinator is not None and self.coordinator.poll() is None:
+                self.coordinator.send_signal(signal.SIGINT)  # drain: the job's nodes are about to go
+            torchrun.send_signal(signal.SIGTERM)
+        else:
+            print("torchrt: stopping now: killing torchrun and its workers", file=sys.stderr, flush=True)
+            _kill_tree(torchrun.pid)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL process ``pid`` and all its descendants (torchrun's workers are in sessions of their own)."""
     try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, forward)
-    except ValueError:  # not the main thread: signals stay where they are
-        logger.debug("signals are not forwarded: run_config is not on the main thread")
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in tree:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it has not exited after COORDINATOR_STOP_TIMEOUT seconds."""
+def _stop(proc: subprocess.Popen[bytes], draining: bool = False) -> None:
+    """Stop the coordinator this runner started: give a drain it was told of (``draining``) time
+    to end by itself, else SIGTERM; SIGKILL if it is still there COORDINATOR_STOP_TIMEOUT later."""
+    if draining:
+        try:
+            proc.wait(COORDINATOR_STOP_TIMEOUT)
+            return
+        except subprocess.TimeoutExpired:
+            logger.warning("the coordinator (pid %d) did not finish draining; stopping it", proc.pid)
     if proc.poll() is not None:
         return
     proc.terminate()

@@ -71,6 +71,26 @@ class ManualClock:
 
 
 
+def node_client(endpoint: str, node_id: str = "n0", *, run_id: str = "job", **client_kw: Any) -> Any:
+    """A connected node of a one-node job, as a rendezvous handler says hello, without torchrun."""
+    from torchrt.contract import Role
+    from torchrt.coordinator import CoordinatorClient
+
+    client = CoordinatorClient(endpoint, role=Role.NODE, run_id=run_id, hello={
+        "node_id": node_id, "job": {"min_nodes": 1, "max_nodes": 1, "last_call_timeout": 0},
+        "info": {"hostname": "localhost", "addr": "127.0.0.1", "nproc": 1, "device_kind": "cpu",
+                 "device_count": 0}}, **client_kw)
+    client.connect(timeout=10)
+    return client
+
+
+def form_round(node: Any) -> int:
+    """The node of :func:`node_client` joins; returns the number of the round that formed."""
+    from torchrt.contract import Op
+
+    return int(node.request(Op.JOIN, master_port=free_port(), timeout=10)["round"])
+
+
 def snapshot(model: Any, opt: Any) -> dict:
     """Copies of a model's and an optimizer's tensors, to compare bit for bit later."""
     out = {f"m.{k}": v.detach().clone() for k, v in model.state_dict().items()}

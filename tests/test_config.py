@@ -142,7 +142,7 @@ def test_section_not_a_mapping(cfg_dir: Path) -> None:
 
 def test_unknown_key_lists_accepted(cfg_dir: Path) -> None:
     message = error_of(write(cfg_dir, MINIMAL + "rendezvous: {heartbeat_timout: 10}\n"))
-    assert ": rendezvous.heartbeat_timout: unknown key; accepted keys: endpoint, token, backend" in message
+    assert ": rendezvous.heartbeat_timout: unknown key; accepted keys: endpoint, token, token_file, backend" in message
     assert "heartbeat_timeout" in message
 
 
@@ -177,7 +177,7 @@ def test_int_is_accepted_as_float(cfg_dir: Path) -> None:
     (["nodes.min=2", "nodes.max=1"], "nodes.max", "expected an integer >= nodes.min (2), got 1"),
     (["job.max_restarts=-1"], "job.max_restarts", "expected an integer >= 0, got -1"),
     (["nodes.monitor_interval=0"], "nodes.monitor_interval", "expected a number > 0, got 0"),
-    (["rendezvous.backend=mpi"], "rendezvous.backend", 'expected one of "auto", "gloo", "nccl", got "mpi"'),
+    (["rendezvous.backend=mpi"], "rendezvous.backend", 'expected one of auto, gloo, nccl, got "mpi"'),
     (["rendezvous.last_call_timeout=-0.5"], "rendezvous.last_call_timeout", "expected a number >= 0, got -0.5"),
     (["rendezvous.rejoin_timeout=-1"], "rendezvous.rejoin_timeout", "expected a number >= 0, got -1"),
     (["rendezvous.join_timeout=0"], "rendezvous.join_timeout", "expected a number > 0, got 0"),
@@ -186,8 +186,9 @@ def test_int_is_accepted_as_float(cfg_dir: Path) -> None:
      "expected a number > rendezvous.heartbeat_interval (0.5), got 0.5"),
     (["rendezvous.endpoint=host:http"], "rendezvous.endpoint", 'expected HOST:PORT, got "host:http"'),
     (["rendezvous.endpoint=host:99999"], "rendezvous.endpoint", "expected HOST:PORT"),
-    (["rendezvous.token=a,b"], "rendezvous.token", "expected a string without commas"),
-    (["job.run_dir=' runs'"], "job.run_dir", "expected a string without commas or leading/trailing spaces"),
+    (["rendezvous.token=a,b"], "rendezvous.token", "expected a non-empty string without commas"),
+    (["job.run_dir=' runs'"], "job.run_dir",
+     'expected a non-empty string without commas or leading/trailing spaces, got " runs"'),
     (["entrypoint.module=not-a-module", "entrypoint.script=null"], "entrypoint.module",
      "expected a dotted Python module name"),
 ])
@@ -297,8 +298,9 @@ def test_data_section_declares_datasets(cfg_dir: Path) -> None:
 
 def test_bad_dataset_entry_names_file_dataset_and_problem(cfg_dir: Path) -> None:
     path = write(cfg_dir, MINIMAL + "data:\n  digits: {kind: digitz}\n")
-    message = error_of(path)
-    assert message.startswith(f"{path}: data.digits:") and "kind" in message and "synthetic" in message
+    assert error_of(path) == f'{path}: data.digits.kind: expected one of map, shards, digits, synthetic, got "digitz"'
+    message = error_of(path, ["data.digits={kind: digits, batch_size: 0}"])
+    assert message.endswith(": data.digits.batch_size (from --set): expected an integer >= 1, got 0")
 
 
 def test_workers_read_the_config_they_were_started_with(cfg_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -331,3 +333,97 @@ def test_bad_checkpoint_section(cfg_dir: Path, body: str, key: str, needle: str)
     path = write(cfg_dir, MINIMAL + f"checkpoint: {body}\n")
     message = error_of(path)
     assert message.startswith(f"{path}: {key}:") and needle in message, message
+
+
+# ------------------------------------------------------------------ one validation path (issue 8)
+@pytest.mark.parametrize("override, key, expected", [
+    ("rendezvous.join_timeout=.inf", "rendezvous.join_timeout", "expected a finite number > 0, got inf"),
+    ("rendezvous.join_timeout=.nan", "rendezvous.join_timeout", "expected a finite number > 0, got nan"),
+    ("rendezvous.join_timeout=-5", "rendezvous.join_timeout", "expected a number > 0, got -5"),
+    ("rendezvous.heartbeat_interval=.inf", "rendezvous.heartbeat_interval", "expected a finite number > 0"),
+    ("rendezvous.heartbeat_timeout=.inf", "rendezvous.heartbeat_timeout", "expected a finite number > "),
+    ("rendezvous.last_call_timeout=.nan", "rendezvous.last_call_timeout", "expected a finite number >= 0"),
+    ("rendezvous.rejoin_timeout=-.inf", "rendezvous.rejoin_timeout", "expected a finite number >= 0, got -inf"),
+    ("nodes.monitor_interval=.inf", "nodes.monitor_interval", "expected a finite number > 0"),
+    ("checkpoint.every_seconds=.inf", "checkpoint.every_seconds", "expected a finite number > 0"),
+    ("data.d={kind: digits, report_interval: .nan}", "data.d.report_interval", "expected a finite number >= 0"),
+])
+def test_non_finite_and_non_positive_timeouts_are_refused(cfg_dir: Path, override: str, key: str,
+                                                           expected: str) -> None:
+    message = error_of(write(cfg_dir, MINIMAL + "checkpoint: {dir: /tmp/ck}\n"), [override])
+    assert f": {key} (from --set): {expected}" in message, message
+
+
+def test_the_same_bad_value_reads_the_same_from_yaml_set_and_rdzv_conf(cfg_dir: Path) -> None:
+    """One check per setting: the file, an override and torchrun's --rdzv-conf expect the same."""
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+
+    from torchrt.errors import FieldError, RendezvousConfigError
+    from torchrt.rendezvous.options import RendezvousOptions
+
+    with pytest.raises(ConfigError) as from_file:
+        load_config(write(cfg_dir, MINIMAL + "rendezvous: {join_timeout: .inf}\n"))
+    with pytest.raises(ConfigError) as from_set:
+        load_config(write(cfg_dir, MINIMAL, "b.yaml"), ["rendezvous.join_timeout=.inf"])
+    with pytest.raises(RendezvousConfigError) as from_conf:
+        RendezvousOptions.from_params(RendezvousParameters("torchrt", "127.0.0.1:1", "r", 1, 1, join_timeout="inf"))
+    errors = [from_file.value, from_set.value, from_conf.value]
+    assert all(isinstance(e, FieldError) for e in errors)
+    assert {e.expected for e in errors} == {"a finite number > 0"}
+    assert [e.key for e in errors] == ["rendezvous.join_timeout", "rendezvous.join_timeout (from --set)",
+                                       "join_timeout"]
+
+
+def test_spec_errors_reach_the_config_as_fields_not_text(cfg_dir: Path) -> None:
+    """A checkpoint or data spec's error is re-raised from its key/expected/got, not its message."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(cfg_dir, MINIMAL + "checkpoint: {dir: /tmp/ck, keep: 0}\n"))
+    assert (info.value.key, info.value.expected, info.value.got) == ("checkpoint.keep", "an integer >= 1", 0)
+    with pytest.raises(ConfigError) as info:
+        load_config(write(cfg_dir, MINIMAL + "data:\n  d: {kind: digits, workers: -1}\n", "d.yaml"))
+    assert (info.value.key, info.value.expected, info.value.got) == ("data.d.workers", "an integer >= 0", -1)
+
+
+def test_a_default_ruled_out_by_another_key_is_reported(cfg_dir: Path) -> None:
+    message = error_of(write(cfg_dir, MINIMAL), ["rendezvous.heartbeat_interval=3"])
+    assert message.endswith(": rendezvous.heartbeat_timeout: expected a number > rendezvous.heartbeat_interval "
+                            "(from --set) (3), got 2.5 (the default)")
+
+
+def test_ipv6_endpoints(cfg_dir: Path) -> None:
+    path = write(cfg_dir, MINIMAL)
+    assert load_config(path, ['rendezvous.endpoint="[::1]:29400"']).rendezvous.endpoint == "[::1]:29400"
+    message = error_of(path, ["rendezvous.endpoint=::1:29400"])
+    assert message.endswith(': rendezvous.endpoint (from --set): expected HOST:PORT, got "::1:29400" '
+                            "(an IPv6 address needs brackets, e.g. [::1]:29400)")
+
+
+def test_token_file(cfg_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TORCHRT_TOKEN", raising=False)
+    monkeypatch.delenv("TORCHRT_TOKEN_FILE", raising=False)
+    (cfg_dir / "secret").write_text("s3cr3t\n")
+    config = load_config(write(cfg_dir, MINIMAL + "rendezvous: {token_file: secret}\n"))
+    assert config.rendezvous.token is None  # the secret stays out of the config (and so of argv)
+    assert config.rendezvous.token_file == str((cfg_dir / "secret").resolve())
+    assert config.rendezvous.resolved_token() == "s3cr3t"
+    both = error_of(write(cfg_dir, MINIMAL, "b.yaml"), ["rendezvous.token=x", "rendezvous.token_file=secret"])
+    assert both.endswith(": rendezvous.token_file (from --set): give token or token_file, not both")
+    missing = error_of(write(cfg_dir, MINIMAL, "c.yaml"), ["rendezvous.token_file=nope"])
+    assert ": rendezvous.token_file (from --set): expected an existing file (looked for " in missing
+    (cfg_dir / "empty").write_text("")
+    empty = error_of(write(cfg_dir, MINIMAL, "d.yaml"), ["rendezvous.token_file=empty"])
+    assert ": rendezvous.token_file (from --set): token file " in empty and "holds no token" in empty
+
+
+def test_torchrt_run_exits_2_naming_an_infinite_timeout(cfg_dir: Path) -> None:
+    """The real CLI: a bad timeout is one line on stderr and status 2, before anything starts."""
+    import subprocess
+
+    path = write(cfg_dir, f"job: {{name: demo, run_dir: {cfg_dir / 'run'}}}\nentrypoint: {{script: train.py}}\n")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "launch.cli", "run", str(path), "--set",
+                           "rendezvous.join_timeout=.inf"], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"torchrt: {path}: rendezvous.join_timeout (from --set): expected a finite number > 0, "
+                           "got inf\n")
+    assert not (cfg_dir / "run").exists()

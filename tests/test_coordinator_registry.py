@@ -6,7 +6,7 @@ import threading
 
 from torchrt.coordinator import Coordinator, CoordinatorClient, CoordinatorConfig
 
-from tests.helpers import events
+from tests.helpers import events, form_round, node_client
 
 
 def test_dataset_registry_in_state_and_previews_pushed_not_logged(tmp_path):
@@ -21,8 +21,9 @@ def test_dataset_registry_in_state_and_previews_pushed_not_logged(tmp_path):
             got_preview.set()
 
     watcher = CoordinatorClient(coordinator.endpoint, role="observer", on_push=on_push)
+    node = node_client(coordinator.endpoint, "n0")  # workers report for the round they were started for
     worker = CoordinatorClient(coordinator.endpoint, role="worker", run_id="job",
-                               hello={"info": {"rank": 1, "node_id": "n0"}})
+                               hello={"info": {"rank": 1, "node_id": "n0", "round": form_round(node)}})
     try:
         watcher.connect(timeout=5)
         watcher.request("subscribe", since=0)
@@ -45,6 +46,7 @@ def test_dataset_registry_in_state_and_previews_pushed_not_logged(tmp_path):
     finally:
         worker.close()
         watcher.close()
+        node.close()
         coordinator.stop()
     logged = [e["type"] for e in events(tmp_path)]
     assert "dataset_registered" in logged and "data_progress" in logged
@@ -56,7 +58,9 @@ def test_checkpoint_history_and_tensorboard_scalars(tmp_path):
 
     coordinator = Coordinator(CoordinatorConfig(run_dir=tmp_path, port=0, run_id="job"))
     coordinator.start()
-    worker = CoordinatorClient(coordinator.endpoint, role="worker", run_id="job", hello={"info": {"rank": 0}})
+    node = node_client(coordinator.endpoint, "n0")
+    worker = CoordinatorClient(coordinator.endpoint, role="worker", run_id="job",
+                               hello={"info": {"rank": 0, "node_id": "n0", "round": form_round(node)}})
     try:
         worker.connect(timeout=5)
         worker.request("telemetry", events=[
@@ -67,6 +71,7 @@ def test_checkpoint_history_and_tensorboard_scalars(tmp_path):
         ])
     finally:
         worker.close()
+        node.close()
     observer = CoordinatorClient(coordinator.endpoint, role="observer")
     observer.connect(timeout=5)
     state = observer.request("status")["state"]
@@ -80,3 +85,14 @@ def test_checkpoint_history_and_tensorboard_scalars(tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "checkpoint/total_s", "checkpoint/stall_s/rank0"} <= tags
     assert [(s.step, s.value) for s in acc.Scalars("train/loss")] == [(3, 0.25)]
+
+
+def test_barrier_scalar_is_stepped_by_the_barrier_call_not_the_log_sequence():
+    """The event log stamps its own ``seq`` on every event; a barrier's call number must not share
+    that name, or the TensorBoard step would be the log's position instead of the call."""
+    from torchrt.contract import EventType
+    from torchrt.coordinator.records import scalars_of
+
+    logged = {"seq": 5012, "ts": 1.0, "type": EventType.BARRIER, "name": "epoch-end", "call": 3,
+              "world_size": 2, "completions": 1, "latency_us": 80.0, "p50_us": 70.0, "max_us": 80.0}
+    assert scalars_of(logged) == [("barrier/epoch-end/p50_us", 70.0, 3)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.stateful import Stateful
 
-from torchrt.data.errors import DataConfigError, SampleReadError, StateMismatchError
+from torchrt.data.errors import DataConfigError, DataStateMismatchError, SampleReadError
 from torchrt.data.pipeline import ShardedPipeline
 from torchrt.data.sources import ArraySource, MapSource, SyntheticSource
 
@@ -138,7 +138,7 @@ def test_states_for_another_order_are_refused():
     for bad, field in [({"seed": 2}, "seed"), ({"size": 31}, "size"), ({"dataset": "b"}, "dataset"),
                        ({"shuffle": False}, "shuffle"), ({"position": 31}, "position"),
                        ({"format": "x"}, "format")]:
-        with pytest.raises(StateMismatchError, match=field if field != "format" else "not a") as info:
+        with pytest.raises(DataStateMismatchError, match=field if field != "format" else "not a") as info:
             p.load_state_dict({**good, **bad})
         assert info.value.dataset == "a"
 

@@ -39,10 +39,14 @@ import yaml
 
 from torchrt.checkpoint.errors import CheckpointConfigError
 from torchrt.checkpoint.spec import CheckpointSpec
+from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env
 from torchrt.data.errors import DataConfigError
 from torchrt.data.spec import DataSpec, parse_data_section
-from torchrt.protocol import parse_endpoint
-from torchrt.rendezvous.options import BACKENDS, RendezvousOptions
+from torchrt.errors import FieldError, TokenFileError
+from torchrt.rendezvous.options import RendezvousOptions, heartbeat_timeout_check
+from torchrt.tokens import resolve_token
+from torchrt.validation import (Check, Endpoint, Integer, Number, Text, TextList, TextMap, checks_of, missing_key,
+                                show, unknown_key)
 
 logger = logging.getLogger(__name__)
 
@@ -64,29 +68,23 @@ __all__ = [
 
 _REQUIRED: Any = object()
 _RDZV = RendezvousOptions()  # the rendezvous section's defaults are the handler's
+_RDZV_CHECKS = checks_of(RendezvousOptions)  # ... and so are its checks
+_PLAIN = Text(plain=True)  # a string that travels in torchrun's --rdzv-conf k=v,k=v
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names file, key and expectation."""
+class ConfigError(FieldError):
+    """A config file or override is invalid: ``FILE: KEY: PROBLEM``, e.g.
+    ``job.yaml: nodes.max: expected an integer >= nodes.min (2), got 1``."""
 
-    def __init__(self, file: str, key: str, problem: str) -> None:
-        super().__init__(f"{file}: {key}: {problem}")
+    def __init__(self, file: str, key: str, problem: str, *, expected: str | None = None, got: Any = None) -> None:
         self.file = file
-        self.key = key
-        self.problem = problem
-
-
-def _show(value: Any) -> str:
-    """A value as YAML users write it (``true``, ``null``, ``"text"``) plus its kind."""
-    kinds = {bool: "boolean", int: "integer", float: "number", str: "string",
-             list: "list", dict: "mapping", type(None): "null"}
-    kind = kinds.get(type(value), type(value).__name__)
-    text = json.dumps(value, default=str)
-    return text if kind in ("integer", "number", "string", "null") else f"{text} ({kind})"
+        self.context = f"{file}: "
+        super().__init__(problem, key=key, expected=expected, got=got)
 
 
 class Section:
-    """The raw mapping of one section, read through typed getters that raise ConfigError."""
+    """The raw mapping of one section, read through :mod:`torchrt.validation` checks; a bad
+    value raises ConfigError naming the file and the dotted key."""
 
     def __init__(self, file: str, name: str, raw: Mapping[str, Any], overridden: Iterable[str] = ()) -> None:
         self.file = file
@@ -99,83 +97,45 @@ class Section:
         return Path(self.file).resolve().parent
 
     def key(self, key: str) -> str:
+        """``section.key`` as the message shows it: ``(from --set)`` when an override set it
+        (or set a mapping above it, as ``--set data.digits={...}`` does)."""
         dotted = f"{self.name}.{key}"
-        return f"{dotted} (from --set)" if dotted in self.overridden else dotted
+        if any(dotted == o or dotted.startswith(o + ".") for o in self.overridden):
+            return f"{dotted} (from --set)"
+        return dotted
 
-    def error(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, self.key(key), problem)
+    def error(self, key: str, problem: str, *, expected: str | None = None, got: Any = None) -> ConfigError:
+        return ConfigError(self.file, self.key(key), problem, expected=expected, got=got)
 
-    def expected(self, key: str, what: str) -> ConfigError:
-        return self.error(key, f"expected {what}, got {_show(self.raw.get(key))}")
+    def reraise(self, error: FieldError, key: str | None = None) -> ConfigError:
+        """``error`` (from a check or a spec) for ``key`` (default: its own) of this section."""
+        return self.error(key or error.key or "(section)", error.problem, expected=error.expected, got=error.got)
 
-    def get(self, key: str, default: Any) -> Any:
-        value = self.raw.get(key)
-        if value is not None:
-            return value
-        if default is _REQUIRED:
-            raise self.error(key, "required key is missing")
-        return default
+    def value(self, key: str, check: Check, default: Any = None) -> Any:
+        """The checked value of ``key``; missing or null: ``default`` (``_REQUIRED``: an error),
+        checked too, so a default that a bound set by another key rules out is reported."""
+        value, shown = self.raw.get(key), None
+        if value is None:
+            if default is _REQUIRED:
+                raise self.reraise(missing_key(key))
+            if default is None:
+                return None
+            value, shown = default, f"{show(default)} (the default)"
+        try:
+            return check(key, value, shown=shown)
+        except FieldError as e:
+            raise self.reraise(e) from None
 
-    def string(self, key: str, default: Any = None) -> Any:
-        """A non-empty string, or ``default`` (``_REQUIRED``: raise when missing)."""
-        value = self.get(key, default)
-        if self.raw.get(key) is not None and (not isinstance(value, str) or not value):
-            raise self.expected(key, "a non-empty string")
-        return value
-
-    def integer(self, key: str, default: Any, minimum: int, bound: str | None = None) -> int:
-        value = self.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.expected(key, f"an integer >= {f'{bound} ({minimum})' if bound else minimum}")
-        return value
-
-    def number(self, key: str, default: float, *, ge: float | None = None, gt: float | None = None,
-               bound: str | None = None) -> float:
-        value = self.get(key, default)
-        limit, op = (gt, ">") if gt is not None else (ge, ">=")
-        what = "a number" if limit is None else f"a number {op} {f'{bound} ({limit:g})' if bound else f'{limit:g}'}"
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise self.expected(key, what)
-        if (gt is not None and not value > gt) or (ge is not None and not value >= ge):
-            raise self.expected(key, what)
-        return float(value)
-
-    def optional_bool(self, key: str) -> bool | None:
-        value = self.raw.get(key)
-        if value is not None and not isinstance(value, bool):
-            raise self.expected(key, "true, false or null")
-        return value
-
-    def choice(self, key: str, choices: Iterable[str], default: str) -> str:
-        options = tuple(choices)
-        value = self.get(key, default)
-        if value not in options:
-            raise self.expected(key, "one of " + ", ".join(json.dumps(c) for c in options))
-        return str(value)
-
-    def strings(self, key: str) -> list[str]:
-        """A list of strings; integers and numbers are turned into strings (``[--epochs, 3]``)."""
-        value = self.get(key, [])
-        if not isinstance(value, list) or not all(_scalar(v) for v in value):
-            raise self.expected(key, "a list of strings")
-        return [str(v) for v in value]
-
-    def string_map(self, key: str) -> dict[str, str]:
-        """A mapping of strings to strings; integer and number values become strings."""
-        value = self.get(key, {})
-        if not isinstance(value, dict) or not all(isinstance(k, str) and _scalar(v) for k, v in value.items()):
-            raise self.expected(key, "a mapping of strings to strings")
-        return {k: str(v) for k, v in value.items()}
-
-
-def _scalar(value: Any) -> bool:
-    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-
-
-def _check_conf_value(section: Section, key: str, value: str | None) -> None:
-    """Refuse a string torchrun cannot carry in ``--rdzv-conf k=v,k=v`` (commas, edge spaces)."""
-    if value is not None and ("," in value or value != value.strip()):
-        raise section.expected(key, "a string without commas or leading/trailing spaces")
+    def file_path(self, key: str, value: str) -> Path:
+        """An existing file named by ``key``: absolute, else next to the config file, else in the
+        current directory; returned absolute."""
+        path = Path(value).expanduser()
+        candidates = [path] if path.is_absolute() else list(dict.fromkeys([self.config_dir / path, Path.cwd() / path]))
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate.resolve()
+        raise self.error(key, "expected an existing file (looked for " + ", ".join(str(c) for c in candidates) + ")",
+                         expected="an existing file", got=value)
 
 
 # ---------------------------------------------------------------- sections
@@ -190,12 +150,10 @@ class JobSection:
 
     @classmethod
     def parse(cls, s: Section) -> JobSection:
-        name = s.string("name", _REQUIRED)
-        run_id = s.string("run_id", name)
-        runs_dir = os.environ.get("TORCHRT_RUNS_DIR", "torchrt_runs")
-        run_dir = s.string("run_dir", f"{runs_dir}/{run_id}")
-        _check_conf_value(s, "run_dir", run_dir)
-        return cls(name=name, run_id=run_id, run_dir=run_dir, max_restarts=s.integer("max_restarts", 0, 0))
+        name = s.value("name", Text(), _REQUIRED)
+        run_id = s.value("run_id", Text(), name)
+        return cls(name=name, run_id=run_id, run_dir=s.value("run_dir", _PLAIN, str(_RDZV.run_dir_for(run_id))),
+                   max_restarts=s.value("max_restarts", Integer(ge=0), 0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,18 +167,24 @@ class NodesSection:
 
     @classmethod
     def parse(cls, s: Section) -> NodesSection:
-        low = s.integer("min", 1, 1)
-        return cls(min=low, max=s.integer("max", low, low, bound="nodes.min"),
-                   nproc_per_node=s.integer("nproc_per_node", 1, 1),
-                   monitor_interval=s.number("monitor_interval", 0.1, gt=0))
+        low = s.value("min", Integer(ge=1), cls.min)
+        return cls(min=low, max=s.value("max", Integer(ge=low, bound="nodes.min"), low),
+                   nproc_per_node=s.value("nproc_per_node", Integer(ge=1), cls.nproc_per_node),
+                   monitor_interval=s.value("monitor_interval", Number(gt=0), cls.monitor_interval))
 
 
 @dataclasses.dataclass(frozen=True)
 class RendezvousSection:
-    """``rendezvous``: where the coordinator listens and the ``--rdzv-conf`` timings."""
+    """``rendezvous``: where the coordinator listens and the ``--rdzv-conf`` settings, checked
+    with the same checks (and starting from the same defaults) as ``--rdzv-conf`` itself.
 
-    endpoint: str = "127.0.0.1:29400"
+    ``token_file`` is stored as an absolute path and must hold a token; the token itself is
+    read only when needed (:meth:`resolved_token`), so it never travels on a command line.
+    """
+
+    endpoint: str = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
     token: str | None = None
+    token_file: str | None = None
     backend: str = _RDZV.pg_backend
     last_call_timeout: float = _RDZV.last_call_timeout
     rejoin_timeout: float = _RDZV.rejoin_timeout
@@ -231,25 +195,28 @@ class RendezvousSection:
 
     @classmethod
     def parse(cls, s: Section) -> RendezvousSection:
-        endpoint = s.string("endpoint", "127.0.0.1:29400")
-        try:
-            host, _ = parse_endpoint(endpoint)
-        except ValueError:
-            host = ""
-        if not host:
-            raise s.expected("endpoint", "HOST:PORT")
-        token = s.string("token")
-        _check_conf_value(s, "token", token)
-        interval = s.number("heartbeat_interval", cls.heartbeat_interval, gt=0)
-        return cls(endpoint=endpoint, token=token,
-                   backend=s.choice("backend", BACKENDS, cls.backend),
-                   last_call_timeout=s.number("last_call_timeout", cls.last_call_timeout, ge=0),
-                   rejoin_timeout=s.number("rejoin_timeout", cls.rejoin_timeout, ge=0),
-                   join_timeout=s.number("join_timeout", cls.join_timeout, gt=0),
-                   heartbeat_interval=interval,
-                   heartbeat_timeout=s.number("heartbeat_timeout", cls.heartbeat_timeout, gt=interval,
-                                              bound="rendezvous.heartbeat_interval"),
-                   is_host=s.optional_bool("is_host"))
+        token, token_file = s.value("token", _PLAIN), s.value("token_file", _PLAIN)
+        if token is not None and token_file is not None:
+            raise s.error("token_file", "give token or token_file, not both")
+        if token_file is not None:
+            token_file = str(s.file_path("token_file", token_file))
+            try:
+                _PLAIN("token_file", token_file)
+                resolve_token(None, token_file)
+            except (FieldError, TokenFileError) as e:
+                raise s.reraise(e, "token_file") from None
+        timings = {key: s.value(key, _RDZV_CHECKS[key], getattr(cls, key))
+                   for key in ("last_call_timeout", "rejoin_timeout", "join_timeout", "heartbeat_interval")}
+        check = heartbeat_timeout_check(timings["heartbeat_interval"], bound=s.key("heartbeat_interval"))
+        return cls(endpoint=s.value("endpoint", Endpoint(), cls.endpoint), token=token, token_file=token_file,
+                   backend=s.value("backend", _RDZV_CHECKS["pg_backend"], cls.backend), **timings,
+                   heartbeat_timeout=s.value("heartbeat_timeout", check, cls.heartbeat_timeout),
+                   is_host=s.value("is_host", _RDZV_CHECKS["is_host"]))
+
+    def resolved_token(self) -> str | None:
+        """The job's token: ``token``, else ``token_file``'s, else the environment's
+        (:func:`torchrt.tokens.resolve_token`)."""
+        return resolve_token(self.token, self.token_file)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,25 +234,18 @@ class EntrypointSection:
 
     @classmethod
     def parse(cls, s: Section) -> EntrypointSection:
-        script, module = s.string("script"), s.string("module")
+        script, module = s.value("script", Text()), s.value("module", Text())
         if script and module:
             raise ConfigError(s.file, "entrypoint", "expected exactly one of script or module, got both")
         if module is not None and not all(part.isidentifier() for part in module.split(".")):
-            raise s.expected("module", "a dotted Python module name")
+            raise s.error("module", f"expected a dotted Python module name, got {show(module)}",
+                          expected="a dotted Python module name", got=module)
         if module is None:
             if script is None:
-                raise s.error("script", "required key is missing (or give entrypoint.module instead)")
-            script = str(_find_script(s, script))
-        return cls(script=script, module=module, args=s.strings("args"), env=s.string_map("env"))
-
-
-def _find_script(s: Section, script: str) -> Path:
-    path = Path(script).expanduser()
-    candidates = [path] if path.is_absolute() else list(dict.fromkeys([s.config_dir / path, Path.cwd() / path]))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise s.expected("script", "an existing file (looked for " + ", ".join(str(c) for c in candidates) + ")")
+                raise s.reraise(missing_key("script", "or give entrypoint.module instead"))
+            script = str(s.file_path("script", script))
+        return cls(script=script, module=module, args=s.value("args", TextList(), []),
+                   env=s.value("env", TextMap(), {}))
 
 
 # ---------------------------------------------------------------- the registry
@@ -301,8 +261,8 @@ class DataSection:
     def parse(cls, s: Section) -> DataSection:
         try:
             return cls(tuple(parse_data_section(dict(s.raw))))
-        except DataConfigError as e:
-            raise s.error(e.dataset or "(section)", e.problem) from None
+        except DataConfigError as e:  # data.NAME.KEY, or data.NAME for the whole entry
+            raise s.reraise(e, ".".join(k for k in (e.dataset, e.key) if k) or None) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,14 +280,13 @@ class CheckpointSection:
         accepted = [f.name for f in dataclasses.fields(CheckpointSpec)]
         for key in s.raw:
             if key not in accepted:
-                raise s.error(str(key), "unknown key; accepted keys: " + ", ".join(accepted))
+                raise s.reraise(unknown_key(str(key), accepted))
         if "dir" not in s.raw:
-            raise s.error("dir", "required key is missing")
+            raise s.reraise(missing_key("dir"))
         try:
             return cls(CheckpointSpec(**{k: v for k, v in s.raw.items() if v is not None}))
-        except CheckpointConfigError as e:  # "checkpoint.KEY: expected ..."
-            key, _, problem = str(e).partition(": ")
-            raise s.error(key.removeprefix("checkpoint."), problem) from None
+        except CheckpointConfigError as e:
+            raise s.reraise(e) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,7 +349,7 @@ def _apply_overrides(file: str, raw: dict[str, Any], overrides: Iterable[str]) -
         value = _parse_yaml(file, value_text, f"--set {text}")
         if not isinstance(raw.get(section), dict):
             if raw.get(section) is not None:
-                raise ConfigError(file, section, f"expected a mapping of keys, got {_show(raw[section])}")
+                raise ConfigError(file, section, f"expected a mapping of keys, got {show(raw[section])}")
             raw[section] = {}
         raw[section][key] = value
         done.add(f"{section}.{key}")
@@ -416,7 +375,7 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(file, "(top level)", f"expected a mapping of sections, got {_show(raw)}")
+        raise ConfigError(file, "(top level)", f"expected a mapping of sections, got {show(raw)}")
     sections = JobConfig.sections()
     overridden = _apply_overrides(file, raw, overrides)
     for name in raw:
@@ -428,20 +387,19 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
         if body is None:
             body = {}
         if not isinstance(body, dict):
-            raise ConfigError(file, name, f"expected a mapping of keys, got {_show(body)}")
+            raise ConfigError(file, name, f"expected a mapping of keys, got {show(body)}")
         accepted = [f.name for f in dataclasses.fields(cls)]
         for key in body:
             if key not in accepted and not getattr(cls, "any_keys", False):
-                section = Section(file, name, body, overridden)
-                raise section.error(str(key), "unknown key; accepted keys: " + ", ".join(accepted))
+                raise Section(file, name, body, overridden).reraise(unknown_key(str(key), accepted))
         parsed[name] = cls.parse(Section(file, name, body, overridden))
     config = JobConfig(**parsed, path=file)
     logger.debug("loaded config %s: %s", file, config)
     return config
 
 
-CONFIG_ENV = "TORCHRT_CONFIG"
-CONFIG_OVERRIDES_ENV = "TORCHRT_CONFIG_SET"
+CONFIG_ENV = Env.CONFIG
+CONFIG_OVERRIDES_ENV = Env.CONFIG_SET
 
 
 def config_environment(path: str | os.PathLike[str], overrides: Iterable[str]) -> dict[str, str]:

@@ -35,6 +35,8 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "EVENTS",
+    "JOB_DEFAULTS",
+    "JobDefaults",
     "Code",
     "Env",
     "EventSpec",
@@ -55,6 +57,21 @@ __all__ = [
 PROTOCOL_VERSION = 1
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 29400  # torchrun's own default rendezvous port
+
+
+@dataclasses.dataclass(frozen=True)
+class JobDefaults:
+    """Defaults of the ``job`` a node describes in its hello (from ``--rdzv-conf`` or YAML); the
+    coordinator uses the same value for a key a hello leaves out. Seconds; c10d's in comments."""
+
+    last_call_timeout: float = 1.0   # c10d: 30 s (torchrt forms a round at once when nobody else can come)
+    rejoin_timeout: float = 30.0     # a re-form waits this long for live participants of the last round
+    join_timeout: float = 900.0      # torchrun's own default rendezvous timeout (c10d's handler alone: 600 s)
+    heartbeat_timeout: float = 2.5   # c10d: keep_alive_interval 5 s x keep_alive_max_attempt 3
+    backend: str = "auto"            # the workers' process group: gloo, or nccl when every node has CUDA
+
+
+JOB_DEFAULTS = JobDefaults()
 
 
 # ------------------------------------------------------------------ connections
@@ -271,7 +288,8 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
     EventSpec(EventType.COORDINATOR_RESTARTED, _C,
               "a coordinator started on a run directory that an earlier one wrote: the record goes on",
               {"previous_pid": "pid of the earlier coordinator", "last_seq": "last event seq it wrote",
-               "last_round": "last round it formed", "clean": "whether it had recorded its shutdown",
+               "last_round": "highest round number it used (rounds go on after it)",
+               "clean": "whether it had recorded its shutdown",
                "workers_gone": "ranks of the earlier incarnation marked gone"}),
     EventSpec(EventType.INSECURE_BIND, _C,
               "the coordinator listens on a non-loopback address without a token",
@@ -287,13 +305,15 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
     EventSpec(EventType.RUN_DIR_ERROR, _C,
               "the run directory could not be written for a while (disk full, read-only); it caught up",
               {"error": "the first write error", "failed_writes": "writes that failed",
-               "since": "Unix time of the first failure"}),
+               "since": "Unix time of the first failure", "parts": "what failed: events.jsonl, state.json, tensorboard",
+               "lost_events": "events dropped from memory before they could be written"}),
     EventSpec(EventType.NODE_JOINED, _C, "a node said hello (returning: it had been dead or had left)",
               {"node": "node id", "hostname": "host name", "addr": "address", "nproc": "workers per node",
                "device_kind": "cpu or cuda", "device_count": "devices", "returning": "true when back"}),
     EventSpec(EventType.NODE_WAITING, _C, "a node asked for the next round",
               {"node": "node id", "round": "the round it had"}),
-    EventSpec(EventType.NODE_LEFT, _C, "a node said goodbye", {"node": "node id"}),
+    EventSpec(EventType.NODE_LEFT, _C, "a node said goodbye, or went while the job was being stopped",
+              {"node": "node id", "reason": "why, when the job was being stopped (absent: goodbye)"}),
     EventSpec(EventType.NODE_DEAD, _C, "a node's connection closed or it fell silent",
               {"node": "node id", "reason": "connection lost or heartbeat timeout",
                "silent_s": "seconds since it was last heard"}),
@@ -327,7 +347,7 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
     EventSpec(EventType.TELEMETRY_DROPPED, _W, "a worker's telemetry queue was full",
               {"count": "events dropped"}),
     EventSpec(EventType.BARRIER, _W, "torchrt.barrier completions of one name (rank 0, per second)",
-              {"name": "barrier name", "seq": "last call", "world_size": "ranks", "completions": "calls",
+              {"name": "barrier name", "call": "number of the last call", "world_size": "ranks", "completions": "calls",
                "latency_us": "slowest", "p50_us": "median", "max_us": "slowest"}),
     EventSpec(EventType.METRIC, _W, "torchrt.log_metric scalar", {"name": "tag", "value": "number",
                                                                   "step": "step"}, logged=False),

@@ -162,7 +162,7 @@ class _BarrierReport:
         if not self.latencies:
             return
         ordered = sorted(self.latencies)
-        get_reporter().emit(EventType.BARRIER, name=self.name, seq=self.last[0], world_size=self.last[1],
+        get_reporter().emit(EventType.BARRIER, name=self.name, call=self.last[0], world_size=self.last[1],
                             completions=len(ordered), latency_us=round(ordered[-1] * 1e6, 1),
                             p50_us=round(ordered[len(ordered) // 2] * 1e6, 1),
                             max_us=round(ordered[-1] * 1e6, 1))

@@ -19,8 +19,10 @@ import json
 from typing import Any
 
 from torchrt.contract import DEFAULT_PORT
+from torchrt.errors import EndpointError
 
-MAX_LINE_BYTES = 8 * 1024 * 1024
+MAX_LINE_BYTES = 8 * 1024 * 1024  # a line of a connection that said its hello (telemetry batches)
+HELLO_LINE_BYTES = 64 * 1024  # a line of one that has not yet (a hello is a few hundred bytes)
 
 Message = dict[str, Any]
 
@@ -39,24 +41,26 @@ def decode(line: bytes) -> Message:
 
 
 def parse_endpoint(endpoint: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Split ``HOST[:PORT]`` (IPv6 in brackets) into host and port."""
-    endpoint = endpoint.strip()
-    if not endpoint:
-        raise ValueError("the rendezvous endpoint is empty; expected HOST:PORT")
-    if endpoint.startswith("["):
-        host, _, rest = endpoint[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif endpoint.count(":") == 1:
-        host, port_text = endpoint.split(":")
+    """Split ``HOST[:PORT]`` into host and port; an IPv6 address goes in brackets
+    (``[::1]:1234``, ``[::1]``). Raises :class:`~torchrt.errors.EndpointError` (a ``ValueError``)."""
+    text = endpoint.strip()
+    if not text:
+        raise EndpointError(endpoint, "it is empty; expected HOST:PORT")
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not host or (rest and not rest.startswith(":")):
+            raise EndpointError(endpoint, f"expected [IPV6]:PORT, e.g. [::1]:{default_port}")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        raise EndpointError(endpoint, f"an IPv6 address needs brackets, e.g. [::1]:{default_port}")
     else:
-        host, port_text = endpoint, ""
-    if not port_text:
+        host, colon, port_text = text.partition(":")
+        port_text = port_text if colon else None
+    if port_text is None:
         return host, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"bad port in endpoint {endpoint!r}; expected HOST:PORT") from None
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise EndpointError(endpoint, f"the port {port_text!r} is not a number")
+    port = int(port_text)
     if not 0 <= port < 65536:
-        raise ValueError(f"port {port} in endpoint {endpoint!r} is out of range 0-65535")
+        raise EndpointError(endpoint, f"the port {port} is out of range 0-65535")
     return host, port
-

@@ -1,13 +1,15 @@
 """Typed errors of :mod:`torchrt.checkpoint`.
 
-Every error derives from :class:`CheckpointError`. Messages name the
-checkpoint directory, the file or the state key at fault, so a log line alone
-says what to look at.
+Every error derives from :class:`CheckpointError` (and so from
+:class:`torchrt.errors.TorchrtError`). Messages name the checkpoint directory,
+the file or the state key at fault, so a log line alone says what to look at.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from torchrt.errors import FieldError, TorchrtError
 
 __all__ = [
     "CheckpointConfigError",
@@ -20,12 +22,15 @@ __all__ = [
 ]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TorchrtError, RuntimeError):
     """Base class of every checkpoint error."""
 
 
-class CheckpointConfigError(CheckpointError, ValueError):
-    """A setting of :class:`~torchrt.checkpoint.CheckpointSpec` or an argument is invalid."""
+class CheckpointConfigError(FieldError, CheckpointError):
+    """A setting of :class:`~torchrt.checkpoint.CheckpointSpec` is invalid: a
+    :class:`~torchrt.errors.FieldError` whose ``key`` is the spec's field (``keep``)."""
+
+    context = "checkpoint."
 
 
 class StagingError(CheckpointError):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torchrt.errors import CoordinatorUnavailableError, ProtocolError, error_from_reply
-from torchrt.contract import PROTOCOL_VERSION
+from torchrt.contract import PROTOCOL_VERSION, Op, Push, Role
 from torchrt.protocol import MAX_LINE_BYTES, Message, decode, encode, parse_endpoint
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class CoordinatorClient:
         self,
         endpoint: str,
         *,
-        role: str,
+        role: Role,
         run_id: str | None = None,
         token: str | None = None,
         hello: Message | None = None,
@@ -51,7 +51,7 @@ class CoordinatorClient:
     ) -> None:
         self.endpoint = endpoint
         self.host, self.port = parse_endpoint(endpoint)
-        self._hello = {"op": "hello", "version": PROTOCOL_VERSION, "role": role,
+        self._hello = {"op": Op.HELLO, "version": PROTOCOL_VERSION, "role": role,
                        "run_id": run_id, "token": token, **(hello or {})}
         self._heartbeat_interval = heartbeat_interval
         self._on_push = on_push
@@ -195,7 +195,7 @@ class CoordinatorClient:
         if self._heartbeat_interval is not None and self.welcome and \
                 time.monotonic() - self._last_send >= self._heartbeat_interval:
             try:
-                self._send({"op": "heartbeat"})
+                self._send({"op": Op.HEARTBEAT})
             except CoordinatorUnavailableError:
                 pass
 
@@ -219,15 +219,15 @@ class CoordinatorClient:
         for pending in waiting:
             pending.done.set()
         if self._on_push is not None:
-            self._on_push({"push": "lost"})
+            self._on_push({"push": Push.LOST})
 
 
 def ping(endpoint: str, timeout: float = 2.0, token: str | None = None) -> Message | None:
     """The coordinator's ping reply at ``endpoint``, or None when nobody answers."""
-    client = CoordinatorClient(endpoint, role="observer", token=token)
+    client = CoordinatorClient(endpoint, role=Role.OBSERVER, token=token)
     try:
         client.connect(timeout=timeout)
-        return client.request("ping", timeout=timeout)
+        return client.request(Op.PING, timeout=timeout)
     except CoordinatorUnavailableError:
         return None
     finally:

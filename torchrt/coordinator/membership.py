@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchrt.contract import EventType
+from torchrt.contract import JOB_DEFAULTS, EventType
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ ALIVE = (NodeStatus.IDLE, NodeStatus.WAITING, NodeStatus.ACTIVE)
 class RoundSettings:
     min_nodes: int
     max_nodes: int
-    last_call_timeout: float = 1.0
-    rejoin_timeout: float = 30.0
-    join_timeout: float = 600.0
-    backend: str = "auto"
+    last_call_timeout: float = JOB_DEFAULTS.last_call_timeout
+    rejoin_timeout: float = JOB_DEFAULTS.rejoin_timeout
+    join_timeout: float = JOB_DEFAULTS.join_timeout
+    backend: str = JOB_DEFAULTS.backend
 
 
 @dataclass
@@ -138,6 +138,9 @@ class Membership:
     emit: EventSink
     nodes: dict[str, Node] = field(default_factory=dict)
     current: Round | None = None
+    # The highest round number already used in this run's record (by an earlier coordinator on
+    # the same run directory): round numbers go on after it.
+    previous_round: int = 0
     closed: bool = False
     backend: str | None = None
     _pending: _Pending | None = None
@@ -178,14 +181,15 @@ class Membership:
             self._need_round(f"scale-up: {node_id} is waiting", now)
         self._note_min_reached(now)
 
-    def leave(self, node_id: str, now: float) -> None:
-        """Graceful departure (agent shutdown). Does not trigger a re-form by itself."""
+    def leave(self, node_id: str, now: float, reason: str | None = None) -> None:
+        """Graceful departure (agent shutdown, or the job is being stopped: ``reason``).
+        Does not trigger a re-form by itself."""
         node = self.nodes.get(node_id)
         if node is None or node.status not in ALIVE:
             return
         node.last_seen, node.waiting_since = now, None
         self._set_status(node, NodeStatus.LEFT)
-        self.emit(EventType.NODE_LEFT, node=node_id)
+        self.emit(EventType.NODE_LEFT, node=node_id, **({"reason": reason} if reason else {}))
 
     def fail(self, node_id: str, reason: str, now: float) -> None:
         """Declare a node dead; survivors re-form if it was a participant."""
@@ -310,6 +314,10 @@ class Membership:
         }
 
     # ---------------------------------------------------------------- helpers
+    def _round_number(self) -> int:
+        """The number of the current round (or the last one used before this coordinator)."""
+        return self.current.number if self.current else self.previous_round
+
     def _set_status(self, node: Node, status: NodeStatus) -> None:
         node.status = status
         if status == NodeStatus.WAITING:
@@ -320,7 +328,7 @@ class Membership:
     def _need_round(self, reason: str, now: float) -> None:
         if self._pending is None and not self.closed:
             self._pending = _Pending(reason, now)
-            self.emit(EventType.ROUND_STARTED, round=(self.current.number if self.current else 0) + 1,
+            self.emit(EventType.ROUND_STARTED, round=self._round_number() + 1,
                       reason=reason)
             self._note_min_reached(now)
 
@@ -359,7 +367,7 @@ class Membership:
         pending = self._pending
         assert pending is not None
         chosen = waiting[: self.settings.max_nodes]
-        number = (self.current.number if self.current else 0) + 1
+        number = self._round_number() + 1
         previous = set(self.current.participants) if self.current else set()
         host = chosen[0]
         new_round = Round(

@@ -7,18 +7,21 @@ the last ``keep`` of them), failures and skips, restores.
 ``MetricsWriter`` turns events into TensorBoard scalars under ``RUN_DIR/tensorboard``.
 It runs on a thread of its own (importing tensorboard takes a second or two, and
 writing must never stall the coordinator's event loop): ``observe`` only enqueues.
+A full or read-only disk costs scalars nothing: they wait and are written later.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import shutil
 import threading
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from torchrt.contract import EventType
+from torchrt.coordinator.run_dir import WriteHealth
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def scalars_of(event: Event) -> list[tuple[str, float, int]]:
         n = int(event["round"])
         return [("rendezvous/round_total_s", event["total_s"], n), ("rendezvous/world_size", event["world_size"], n)]
     if kind == EventType.BARRIER:
-        return [(f"barrier/{event['name']}/p50_us", event.get("p50_us", event["latency_us"]), int(event["seq"]))]
+        return [(f"barrier/{event['name']}/p50_us", event.get("p50_us", event["latency_us"]), int(event["call"]))]
     if kind == EventType.CHECKPOINT_SAVED:
         step = int(event["step"])
         return [(f"checkpoint/{key}/rank{rank}", event[key], step) for key in ("stall_s", "write_s", "mb_s")]
@@ -76,10 +79,20 @@ def scalars_of(event: Event) -> list[tuple[str, float, int]]:
 
 
 class MetricsWriter:
-    """Writes scalars of observed events to TensorBoard from a background thread."""
+    """Writes scalars of observed events to TensorBoard from a background thread.
 
-    def __init__(self, run_dir: Path) -> None:
+    A write that fails (disk full, read-only) is reported to ``health`` and the scalars stay
+    queued (the newest ``MAX_PENDING_SCALARS``); TensorBoard's own writer is unusable after an
+    error, so a new one (a new event file) is made once ``MIN_FREE_BYTES`` are free again,
+    checked every ``RETRY_S``. The thread itself never dies of a write error."""
+
+    RETRY_S = 1.0
+    MIN_FREE_BYTES = 1 << 20
+    MAX_PENDING_SCALARS = 100_000
+
+    def __init__(self, run_dir: Path, health: WriteHealth | None = None) -> None:
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR
+        self.health = health or WriteHealth(Path(run_dir))
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="torchrt-tensorboard", daemon=True)
         self._thread.start()
@@ -92,20 +105,75 @@ class MetricsWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        writer = None
-        while (event := self._queue.get()) is not None:
+        writer: Any = None
+        pending: deque[tuple[str, float, int, float | None]] = deque(maxlen=self.MAX_PENDING_SCALARS)
+        failing = False
+        while True:
             try:
-                scalars = scalars_of(event)
-            except (KeyError, TypeError, ValueError) as e:
-                logger.debug("no scalars from malformed %s event: %s", event.get("type"), e)
-                continue
-            if not scalars:
-                continue
+                event = self._queue.get(timeout=self.RETRY_S if failing else None)
+            except queue.Empty:
+                event = {}  # time to try the pending scalars again
+            if event is None:
+                break
+            for event in self._drain(event):
+                pending.extend(self._scalars(event))
+            if pending and not (failing and self._still_full()):
+                writer, failing = self._write(writer, pending)
+        if pending and not failing:
+            writer, failing = self._write(writer, pending)
+        if writer is not None:
+            _close_quietly(writer)
+
+    def _drain(self, first: Event) -> list[Event]:
+        """``first`` and whatever else is queued now (written as one batch, flushed once)."""
+        batch = [first]
+        while len(batch) < 1000:
+            try:
+                event = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if event is None:
+                self._queue.put(None)  # seen again by _run, after this batch is written
+                break
+            batch.append(event)
+        return batch
+
+    @staticmethod
+    def _scalars(event: Event) -> list[tuple[str, float, int, float | None]]:
+        try:
+            return [(tag, value, step, event.get("ts")) for tag, value, step in scalars_of(event)]
+        except (KeyError, TypeError, ValueError) as e:
+            logger.debug("no scalars from malformed %s event: %s", event.get("type"), e)
+            return []
+
+    def _still_full(self) -> bool:
+        try:
+            return shutil.disk_usage(self.log_dir.parent).free < self.MIN_FREE_BYTES
+        except OSError:
+            return True
+
+    def _write(self, writer: Any, pending: deque[tuple[str, float, int, float | None]]) -> tuple[Any, bool]:
+        """Write and flush ``pending``, emptied once flushed; (the writer to go on with, failing)."""
+        try:
             if writer is None:
                 from torch.utils.tensorboard import SummaryWriter
 
                 writer = SummaryWriter(str(self.log_dir))
-            for tag, value, step in scalars:
-                writer.add_scalar(tag, value, step, walltime=event.get("ts"))
-        if writer is not None:
-            writer.close()
+            for tag, value, step, walltime in pending:
+                writer.add_scalar(tag, value, step, walltime=walltime)
+            writer.flush()
+        except OSError as e:
+            self.health.failed(TENSORBOARD_DIR, e)
+            if writer is not None:
+                _close_quietly(writer)
+            return None, True
+        pending.clear()
+        self.health.succeeded(TENSORBOARD_DIR)
+        return writer, False
+
+
+def _close_quietly(writer: Any) -> None:
+    try:
+        writer.close()
+    except OSError as e:
+        logger.debug("closing the TensorBoard writer: %s", e)

@@ -7,16 +7,31 @@ Layout (all files UTF-8)::
       events.jsonl       one JSON object per line: {"seq", "ts", "type", ...fields}
       state.json         the latest snapshot of membership and rounds
 
-``events.jsonl`` is append-only and flushed after every event, so a reader can
-tail it while the job runs and replay it afterwards; ``seq`` numbers are
-contiguous from 1, which lets a live reader resume exactly where it stopped.
-``state.json`` and ``coordinator.json`` are replaced atomically (write to a
-temporary file, fsync, rename) so a reader never sees half a file.
+``events.jsonl`` is append-only and written through after every event, so a
+reader can tail it while the job runs and replay it afterwards; ``seq`` numbers
+are contiguous from 1, which lets a live reader resume exactly where it
+stopped. A coordinator started again on the same directory goes on with the
+next ``seq`` (:attr:`EventLog.previous` summarises what the earlier one
+wrote). ``state.json`` and ``coordinator.json`` are replaced atomically (write
+to a temporary file, fsync, rename) so a reader never sees half a file.
+
+The record must not stop the job. When the directory cannot be written (disk
+full, read-only, a file-size limit), :class:`EventLog` keeps the events that
+did not reach the file in memory, byte-exact (a line half written before the
+error is completed, never repeated), and writes them as soon as a write
+succeeds again; the other writers retry on their own. :class:`WriteHealth`
+joins their reports: one warning when the first write fails, and one summary
+(``on_recovered``, recorded as a ``run_dir_error`` event) when every writer
+that failed has written again.
+
+Names that become path components (a run id under ``torchrt_runs/``) are
+checked by :func:`check_run_id`.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -26,13 +41,89 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from torchrt.contract import EventType
+from torchrt.errors import RendezvousConfigError, RendezvousError, TorchrtError
+
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "COORDINATOR_FILE",
+    "EVENTS_FILE",
+    "STATE_FILE",
+    "EventLog",
+    "InvalidRunIdError",
+    "PreviousRun",
+    "RunDirError",
+    "WriteHealth",
+    "check_run_id",
+    "ensure_writable",
+    "read_events",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 EVENTS_FILE = "events.jsonl"
 STATE_FILE = "state.json"
 COORDINATOR_FILE = "coordinator.json"
+MAX_RUN_ID_BYTES = 200
+# Events kept in memory while events.jsonl cannot be written; beyond this the oldest are dropped
+# (and counted in the run_dir_error event).
+MAX_UNWRITTEN_BYTES = 64 << 20
 
 Event = dict[str, Any]
+
+
+class InvalidRunIdError(RendezvousConfigError):
+    """A run id that cannot name a directory of its own (it would escape the runs directory)."""
+
+    context = ""
+
+
+class RunDirError(RendezvousError, TorchrtError):
+    """The run directory cannot be created or written."""
+
+
+def check_run_id(run_id: object, key: str = "run id") -> str:
+    """``run_id`` if it can be one path component under the runs directory; else
+    :class:`InvalidRunIdError` naming ``key`` (``--run-id``, ``--rdzv-id``, ...)."""
+    expected = "a non-empty name without '/', '\\', '..' or control characters"
+    text = run_id if isinstance(run_id, str) else None
+    problem = None
+    if not text:
+        problem = "is empty" if text == "" else f"is not a string ({type(run_id).__name__})"
+    elif "/" in text or "\\" in text or (os.altsep and os.altsep in text):
+        problem = "contains a path separator"
+    elif set(text) == {"."}:
+        problem = "is a relative path component"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in text):
+        problem = "contains a control character"
+    elif len(text.encode("utf-8", "surrogatepass")) > MAX_RUN_ID_BYTES:
+        problem = f"is longer than {MAX_RUN_ID_BYTES} bytes"
+    if problem is not None:
+        raise InvalidRunIdError(f"expected {expected}; {run_id!r} {problem}", key=key, expected=expected,
+                                got=run_id)
+    return text  # type: ignore[return-value]
+
+
+def ensure_writable(run_dir: Path) -> Path:
+    """Create ``run_dir`` if needed and prove a file can be written in it; :class:`RunDirError`
+    (with the OS's reason) otherwise. Meant for start-up, before anything else is started."""
+    run_dir = Path(run_dir)
+    probe = run_dir / f".write-test.{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"torchrt")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise RunDirError(f"run directory {run_dir} cannot be written: {e.strerror or e}") from e
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return run_dir
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -41,44 +132,194 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str, durable: bool = False) -> None:
-    """Replace ``path`` with ``text`` via a temporary file and rename (fsync'd when ``durable``)."""
+    """Replace ``path`` with ``text`` via a temporary file and rename (fsync'd when ``durable``).
+    On failure the temporary file is removed (on a full disk it would hold what space is left)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+class WriteHealth:
+    """Whether the run directory can be written, as its writers (events, state, TensorBoard) find.
+
+    ``failed(part, error)`` after a write that failed, ``succeeded(part)`` after one that worked;
+    both are cheap and thread-safe. The first failure of an outage is logged once as a warning;
+    when every part that failed during it has succeeded since, ``on_recovered`` is called (outside
+    any lock) with ``{"error", "failed_writes", "since", "parts"}``.
+    """
+
+    def __init__(self, run_dir: Path, on_recovered: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.on_recovered = on_recovered
+        self._lock = threading.Lock()
+        self._failing: set[str] = set()
+        self._outage: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self._outage is None
+
+    def failed(self, part: str, error: BaseException) -> None:
+        with self._lock:
+            self._failing.add(part)
+            if self._outage is not None:
+                self._outage["failed_writes"] += 1
+                self._outage["parts"].add(part)
+                return
+            self._outage = {"error": f"{part}: {error}", "failed_writes": 1, "since": round(time.time(), 6),
+                            "parts": {part}}
+        logger.warning("the run directory %s cannot be written (%s: %s); the job goes on, the record is "
+                       "kept in memory and written when the directory can be written again",
+                       self.run_dir, part, error)
+
+    def succeeded(self, part: str) -> None:
+        if not self._failing:  # the common case, without the lock: nothing to recover from
+            return
+        with self._lock:
+            self._failing.discard(part)
+            if self._failing or self._outage is None:
+                return
+            outage, self._outage = self._outage, None
+        outage["parts"] = sorted(outage["parts"])
+        logger.warning("the run directory %s can be written again after %d failed writes",
+                       self.run_dir, outage["failed_writes"])
+        if self.on_recovered is not None:
+            self.on_recovered(outage)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviousRun:
+    """What an earlier coordinator left in the run directory (read when a new one opens it)."""
+
+    last_seq: int
+    pid: int | None            # of the last coordinator that started here
+    last_round: int            # the highest round number used (started or formed)
+    clean: bool                # whether that coordinator recorded its shutdown
+    workers: tuple[Event, ...]  # workers it had seen start and not stop: {rank, node_id, pid}
+
+
+def read_events(run_dir: Path) -> Iterator[Event]:
+    """Replay a run's events in order; a torn line (a crash or a full disk mid-write) is skipped."""
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("skipping a torn line in %s", path)
+                continue
+            if isinstance(event, dict):
+                yield event
+
+
+def _previous_run(run_dir: Path) -> PreviousRun | None:
+    last_seq, last_round, pid, clean, seen = 0, 0, None, True, False
+    workers: dict[tuple[Any, ...], Event] = {}
+    for event in read_events(run_dir):
+        seen = True
+        kind = event.get("type")
+        last_seq = max(last_seq, _int(event.get("seq")))
+        if kind == EventType.COORDINATOR_STARTED:
+            pid, clean = event.get("pid"), False
+            workers.clear()
+        elif kind == EventType.SHUTDOWN:
+            clean = True
+        elif kind in (EventType.ROUND_STARTED, EventType.ROUND_COMPLETED):
+            last_round = max(last_round, _int(event.get("round")))
+        elif kind in (EventType.WORKER_STARTED, EventType.WORKER_STOPPED):
+            worker = {k: event.get(k) for k in ("rank", "node_id", "pid")}
+            key = tuple(worker.values())
+            if kind == EventType.WORKER_STARTED:
+                workers[key] = worker
+            else:
+                workers.pop(key, None)
+    if not seen:
+        return None
+    return PreviousRun(last_seq=last_seq, pid=pid if isinstance(pid, int) else None, last_round=last_round,
+                       clean=clean, workers=tuple(workers.values()))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class EventLog:
-    """Append-only event log: a JSON-lines file, a ring of recent events, listeners."""
+    """Append-only event log: a JSON-lines file, a ring of recent events, listeners.
 
-    def __init__(self, run_dir: Path, keep_recent: int = 2000) -> None:
-        self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        self._path = run_dir / EVENTS_FILE
-        self._seq = _last_seq(self._path)
-        self._file = open(self._path, "a", encoding="utf-8")
+    A write that fails (:class:`WriteHealth` hears of it) leaves the unwritten bytes queued;
+    every later ``emit`` and every ``flush`` writes them first, in order."""
+
+    def __init__(self, run_dir: Path, keep_recent: int = 2000, health: WriteHealth | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.health = health or WriteHealth(self.run_dir)
+        self._path = self.run_dir / EVENTS_FILE
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.previous = _previous_run(self.run_dir)
+            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunDirError(f"run directory {self.run_dir} cannot be written: {e.strerror or e}") from e
+        self._seq = self.previous.last_seq if self.previous else 0
+        self._unwritten: collections.deque[bytes] = collections.deque()
+        self._unwritten_bytes = 0
+        self._head_written = 0  # bytes of the first unwritten line already in the file
+        self._dropped = 0
         self._recent: collections.deque[Event] = collections.deque(maxlen=keep_recent)
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
 
     def emit(self, type: str, **fields: Any) -> Event:
         """Record one event now; returns it with its ``seq`` and ``ts``."""
         with self._lock:
             self._seq += 1
             event = {"seq": self._seq, "ts": round(time.time(), 6), "type": type, **fields}
-            self._file.write(json.dumps(event, default=str, separators=(",", ":")) + "\n")
-            self._file.flush()
+            error = None
+            if self._fd >= 0:
+                self._queue(json.dumps(event, default=str, separators=(",", ":")).encode("utf-8") + b"\n")
+                error = self._write_unwritten()
+            else:
+                logger.debug("event %s after the event log was closed is not written", type)
             self._recent.append(event)
             listeners = list(self._listeners)
+        self._report(error)
         for listener in listeners:
             try:
                 listener(event)
             except Exception:
                 logger.exception("event listener failed on %s", type)
         return event
+
+    def flush(self) -> bool:
+        """Try again to write what a failed write left in memory; True when nothing is left."""
+        if not self._unwritten or self._fd < 0:
+            return not self._unwritten
+        with self._lock:
+            error = self._write_unwritten()
+        self._report(error)
+        return error is None
+
+    def take_dropped(self) -> int:
+        """Events dropped from memory (never written) since the last call."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, 0
+        return dropped
 
     def recent(self, limit: int = 50, type_prefix: str | None = None) -> list[Event]:
         with self._lock:
@@ -92,25 +333,42 @@ class EventLog:
             self._listeners.append(listener)
 
     def close(self) -> None:
+        self.flush()
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            if self._unwritten:
+                logger.error("%d events could not be written to %s", len(self._unwritten), self._path)
 
+    # ------------------------------------------------------------- writing
+    def _queue(self, line: bytes) -> None:
+        self._unwritten.append(line)
+        self._unwritten_bytes += len(line)
+        while self._unwritten_bytes > MAX_UNWRITTEN_BYTES and len(self._unwritten) > 1:
+            # keep the first line: part of it may be in the file already
+            dropped = self._unwritten[1]
+            del self._unwritten[1]
+            self._unwritten_bytes -= len(dropped)
+            self._dropped += 1
 
-def read_events(run_dir: Path) -> Iterator[Event]:
-    """Replay a run's events in order; a torn last line (crash mid-write) is skipped."""
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    def _write_unwritten(self) -> OSError | None:
+        """Write queued lines in order (under the lock); the error that stopped it, if any."""
+        while self._unwritten:
+            line = self._unwritten[0]
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("skipping a torn line in %s", path)
+                written = os.write(self._fd, memoryview(line)[self._head_written:])
+            except OSError as e:
+                return e
+            self._head_written += written
+            if self._head_written == len(line):
+                self._unwritten.popleft()
+                self._unwritten_bytes -= len(line)
+                self._head_written = 0
+        return None
 
-
-def _last_seq(path: Path) -> int:
-    last = 0
-    for event in read_events(path.parent):
-        last = max(last, int(event.get("seq", 0)))
-    return last
+    def _report(self, error: OSError | None) -> None:
+        if error is None:
+            self.health.succeeded(EVENTS_FILE)
+        else:
+            self.health.failed(EVENTS_FILE, error)

@@ -19,9 +19,9 @@ loop also runs a short housekeeping tick for what is a timeout by nature
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import dataclasses
-import hmac
 import json
 import logging
 import os
@@ -34,29 +34,34 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from torchrt.coordinator.access import Accepted, FirstRefusals, Refused, ReportGate, WorkerIdentity, forbidden, \
+    token_matches
+from torchrt.coordinator.admission import Admission, AdmissionLimits, Connection, LineTooLongError
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
 from torchrt.coordinator.records import CheckpointRecords, MetricsWriter
 from torchrt.coordinator.run_dir import (
     COORDINATOR_FILE,
     STATE_FILE,
     EventLog,
+    InvalidRunIdError,
+    RunDirError,
+    WriteHealth,
+    check_run_id,
     write_json_atomic,
     write_text_atomic,
 )
-from torchrt.data.events import DATA_PREVIEW, RegistryFold
-from torchrt.contract import PROTOCOL_VERSION, worker_gone_key
-from torchrt.protocol import MAX_LINE_BYTES, Message, decode, encode
-from torchrt.telemetry import METRIC
+from torchrt.data.events import RegistryFold
+from torchrt.contract import (DEFAULT_HOST, DEFAULT_PORT, EVENTS, JOB_DEFAULTS, MEMBERSHIP_OPS, PROTOCOL_VERSION, Code,
+                              EventType, Op, Push, Role, worker_gone_key)
+from torchrt.protocol import Message, decode, encode
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_TIMEOUT = 2.5
 LISTEN_BACKLOG = 4096  # a thousand nodes may dial at once
-_ROLES = ("node", "worker", "observer")
-_MEMBERSHIP_OPS = ("hello", "join", "leave", "close")
-# Frequent and only interesting live (sample thumbnails, user metrics): folded into state or
-# TensorBoard and pushed to subscribers (as the push kind given here), not appended to events.jsonl.
-EPHEMERAL_EVENTS = {DATA_PREVIEW: "preview", METRIC: "metric"}
+# The events the contract marks as not logged (frequent and only interesting live: sample thumbnails,
+# user metrics) are folded into state or TensorBoard and pushed to subscribers as the kind given here.
+_LIVE_PUSH = {EventType.DATA_PREVIEW: Push.PREVIEW, EventType.METRIC: Push.METRIC}
+EPHEMERAL_EVENTS: dict[EventType, Push] = {t: _LIVE_PUSH[t] for t, spec in EVENTS.items() if not spec.logged}
 
 
 @dataclasses.dataclass
@@ -65,33 +70,39 @@ class CoordinatorConfig:
     taken from the first node that says hello unless given here."""
 
     run_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 29400
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     run_id: str | None = None
     token: str | None = None
     tick_s: float = 0.05
     state_write_interval_s: float = 0.2
+    drain_timeout_s: float = 30.0  # drain(): the longest it waits for the job's processes to go
+    admission: AdmissionLimits = dataclasses.field(default_factory=AdmissionLimits)  # before/after hello
 
 
 class _Peer:
-    __slots__ = ("writer", "role", "node_id", "join_id", "left", "last_state", "worker")
+    __slots__ = ("connection", "writer", "role", "node_id", "join_id", "left", "last_state", "worker", "reports",
+                 "refusals")
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.role: str | None = None
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.writer = connection.writer
+        self.role: Role | None = None  # set by a successful hello
         self.node_id: str | None = None
         self.join_id: Any = None
         self.left = False
         self.last_state: tuple[Any, ...] | None = None
-        self.worker: dict[str, Any] | None = None
+        self.worker: dict[str, Any] | None = None  # a worker's hello info, as recorded
+        self.reports: ReportGate | None = None  # a worker's: which of its reports are accepted
+        self.refusals = FirstRefusals()  # forbidden ops already recorded for this connection
 
     def send(self, message: Message) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(message))
+        """Queue ``message``; a peer that lets too much pile up unread is dropped (admission)."""
+        self.connection.send(encode(message))
 
 
 class _Rejected(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -102,15 +113,17 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         self.run_id = config.run_id
-        self.events = EventLog(Path(config.run_dir))
+        run_dir = Path(config.run_dir)
+        self.health = WriteHealth(run_dir, on_recovered=self._run_dir_recovered)
+        self.events = EventLog(run_dir, health=self.health)  # RunDirError if it cannot be written
         self.membership: Membership | None = None
-        self.heartbeat_timeout = DEFAULT_HEARTBEAT_TIMEOUT
+        self.heartbeat_timeout = JOB_DEFAULTS.heartbeat_timeout
         self._job: dict[str, Any] | None = None
         self._peers: set[_Peer] = set()
         self._subscribers: set[_Peer] = set()
         self._datasets = RegistryFold()
         self._checkpoints = CheckpointRecords()
-        self._metrics = MetricsWriter(Path(config.run_dir))
+        self._metrics = MetricsWriter(run_dir, health=self.health)
         self._state_writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="torchrt-state")
         self._state_write: concurrent.futures.Future[None] | None = None
         self._node_peers: dict[str, _Peer] = {}
@@ -120,6 +133,11 @@ class Coordinator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._released = False
+        self._shutting_down = False
+        self._draining: str | None = None  # why, while drain() waits for the job's processes to go
+        self._drain_deadline = 0.0
         self._started_at = time.time()
         self._control_sock: socket.socket | None = None
         self._store: dist.TCPStore | None = None
@@ -128,26 +146,34 @@ class Coordinator:
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Bind both ports and serve; on ``OSError`` (e.g. the endpoint is taken) nothing is
-        left behind: sockets, threads and the event log are released before it propagates."""
+        """Bind both ports and serve; on ``OSError`` (e.g. the endpoint is taken) or
+        :class:`RunDirError` nothing is left behind: sockets, threads and the event log are
+        released before it propagates.
+
+        On a run directory an earlier coordinator wrote, the record goes on: ``seq`` and round
+        numbers continue, a ``coordinator_restarted`` event says so, and the workers that one had
+        (their connections died with it) are recorded as stopped. A coordinator still running
+        when the interpreter exits is stopped then, cleanly (``atexit``)."""
         host = self.config.host
         try:
-            self._control_sock = _listen(host, self.config.port)
+            self._control_sock = listen_socket(host, self.config.port)
             self.port = self._control_sock.getsockname()[1]
-            store_sock = _listen(host, 0)
-        except OSError:
+            store_sock = listen_socket(host, 0)
+            self.store_port = store_sock.getsockname()[1]
+            self._store = store_server(store_sock, connect_host(host))
+            try:
+                write_json_atomic(Path(self.config.run_dir) / COORDINATOR_FILE, self._describe())
+            except OSError as e:
+                raise RunDirError(f"run directory {self.config.run_dir} cannot be written: "
+                                  f"{e.strerror or e}") from e
+        except BaseException:
             if self._control_sock is not None:
                 self._control_sock.close()
             self._release()
             raise
-        self.store_port = store_sock.getsockname()[1]
-        self._store = dist.TCPStore(  # takes ownership of the listening socket
-            _connect_host(host), self.store_port, is_master=True, wait_for_workers=False,
-            use_libuv=True, master_listen_fd=store_sock.detach(),
-        )
-        write_json_atomic(Path(self.config.run_dir) / COORDINATOR_FILE, self._describe())
-        self.events.emit("coordinator_started", endpoint=self.endpoint, store_port=self.store_port,
+        self.events.emit(EventType.COORDINATOR_STARTED, endpoint=self.endpoint, store_port=self.store_port,
                          pid=os.getpid(), run_id=self.run_id)
+        self._record_restart()
         self.events.subscribe(self._push_event)
         self.events.subscribe(self._metrics.observe)
         ready = threading.Event()
@@ -155,42 +181,80 @@ class Coordinator:
                                         name="torchrt-coordinator", daemon=True)
         self._thread.start()
         ready.wait()
+        atexit.register(self._stop_at_exit)
         logger.info("torchrt coordinator listening on %s (store port %d, run dir %s)",
                     self.endpoint, self.store_port, self.config.run_dir)
 
     @property
     def endpoint(self) -> str:
-        return f"{self.config.host}:{self.port}"
+        return format_endpoint(self.config.host, self.port)
 
-    def stop(self) -> None:
-        if self._loop is None or self._stopped.is_set():
+    def stop(self, reason: str = "stopped") -> None:
+        """Record a clean ``shutdown`` (with ``reason``) and stop serving; blocks until done.
+        Idempotent, and also what finishes a :meth:`drain` that has ended."""
+        with self._stop_lock:
+            if self._loop is None or self._released:
+                return
+            atexit.unregister(self._stop_at_exit)
+            try:
+                if not self._stopped.is_set():
+                    asyncio.run_coroutine_threadsafe(self._shutdown(reason), self._loop).result(timeout=10)
+            finally:
+                self._stopped.set()
+                if self._thread is not None:
+                    self._thread.join(timeout=10)
+                self._release()
+
+    def drain(self, reason: str, grace_s: float | None = None) -> None:
+        """Stop once the job's processes are gone, without recording them as failed.
+
+        The rendezvous is closed now (no new round; joins get ``RendezvousClosedError``), a node
+        whose connection ends from now on is recorded as having left (``node_left`` with
+        ``reason``) rather than dead, and the coordinator shuts down by itself (``shutdown`` with
+        ``reason``) as soon as no node or worker is connected, or after ``grace_s`` (default
+        ``config.drain_timeout_s``; 0: now). Thread-safe and returns at once (also from a signal
+        handler); :meth:`wait` tells when it is over, :meth:`stop` then releases the rest."""
+        loop = self._loop
+        if loop is None or self._stopped.is_set():
             return
-        fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        grace = self.config.drain_timeout_s if grace_s is None else grace_s
         try:
-            fut.result(timeout=10)
-        finally:
-            self._stopped.set()
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-            self._release()
+            loop.call_soon_threadsafe(self._begin_drain, reason, grace)
+        except RuntimeError:  # the loop has just stopped
+            pass
+
+    def stop_soon(self, reason: str) -> None:
+        """Shut down now without blocking (also from a signal handler): the rendezvous stays open,
+        so agents reconnect to a coordinator started again on the same endpoint. :meth:`wait`
+        tells when it is done, :meth:`stop` then releases the rest."""
+        loop = self._loop
+        if loop is None or self._stopped.is_set():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(reason), loop)
+        except RuntimeError:  # the loop has just stopped
+            pass
+
+    def _stop_at_exit(self) -> None:
+        self.stop(reason="the process exited without stopping the coordinator")
 
     def _release(self) -> None:
         """Free what the constructor and ``start`` acquired (not the loop's sockets)."""
+        self._released = True
         self._store = None
         self._state_writer.shutdown(wait=True)
         self._metrics.close()
         self.events.close()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the coordinator has stopped; False on timeout."""
+        """Block until the coordinator has shut down; False on timeout."""
         return self._stopped.wait(timeout)
 
     def _run_loop(self, ready: threading.Event) -> None:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, sock=self._control_sock, limit=MAX_LINE_BYTES,
-                                 backlog=LISTEN_BACKLOG))  # asyncio re-listens with 100 otherwise
+        self._server = Admission(self._control_sock, self._serve, self.config.admission)
+        self._server.start(self._loop)
         self._tick_task = self._loop.create_task(self._tick_forever())
         ready.set()
         try:
@@ -198,40 +262,97 @@ class Coordinator:
         finally:
             self._loop.close()
 
-    async def _shutdown(self) -> None:
-        self.events.emit("shutdown", reason="coordinator stopped")
+    async def _shutdown(self, reason: str) -> None:
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self.events.emit(EventType.SHUTDOWN, reason=reason)
         self._write_state(force=True)
+        self.events.flush()
         self._tick_task.cancel()
         self._server.close()
         for peer in list(self._peers):
             peer.writer.close()
+        self._stopped.set()
         asyncio.get_running_loop().call_soon(asyncio.get_running_loop().stop)
 
+    def _begin_drain(self, reason: str, grace_s: float) -> None:
+        now = time.monotonic()
+        deadline = now + grace_s
+        if self._draining is None:
+            logger.info("coordinator draining: %s", reason)
+            self._draining, self._drain_deadline = reason, deadline
+            if self.membership is not None and not self.membership.closed:
+                self._close("coordinator", now)
+                self._after_change(now)
+        else:
+            self._drain_deadline = min(self._drain_deadline, deadline)
+        self._check_drained(now)
+
+    def _check_drained(self, now: float) -> None:
+        if self._draining is None or self._shutting_down:
+            return
+        if now >= self._drain_deadline or not any(p.role in (Role.NODE, Role.WORKER) for p in self._peers):
+            asyncio.get_running_loop().create_task(self._shutdown(self._draining))
+
+    def _record_restart(self) -> None:
+        """After ``coordinator_started`` on a run directory an earlier coordinator wrote."""
+        previous = self.events.previous
+        if previous is None:
+            return
+        self.events.emit(EventType.COORDINATOR_RESTARTED, previous_pid=previous.pid, last_seq=previous.last_seq,
+                         last_round=previous.last_round, clean=previous.clean,
+                         workers_gone=[w.get("rank") for w in previous.workers])
+        for worker in previous.workers:
+            self.events.emit(EventType.WORKER_STOPPED, **worker, reason="coordinator restarted")
+
+    def _run_dir_recovered(self, outage: dict[str, Any]) -> None:
+        """``WriteHealth``'s news, from any writer's thread: record it on the loop."""
+        loop = self._loop
+
+        def record() -> None:
+            self.events.emit(EventType.RUN_DIR_ERROR, **outage, lost_events=self.events.take_dropped())
+
+        if loop is not None and loop.is_running() and threading.current_thread() is not self._thread:
+            try:
+                loop.call_soon_threadsafe(record)
+                return
+            except RuntimeError:  # the loop has just stopped
+                pass
+        record()
+
     # ------------------------------------------------------------ connections
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _Peer(writer)
+    async def _serve(self, connection: Connection) -> None:
+        """One connection's lines, answered in order, under the limits of :mod:`.admission`."""
+        peer = _Peer(connection)
         self._peers.add(peer)
         try:
             while True:
-                line = await reader.readline()
-                if not line:
-                    break
                 try:
-                    message = decode(line)
+                    line = await connection.readline()
+                    message = decode(line) if line else None
+                except LineTooLongError as e:  # the rest of the line is not read: the connection ends
+                    peer.send({"ok": False, "code": Code.PROTOCOL, "error": str(e)})
+                    break
                 except ValueError as e:
-                    peer.send({"ok": False, "code": "protocol", "error": f"not a JSON object: {e}"})
+                    peer.send({"ok": False, "code": Code.PROTOCOL, "error": f"not a JSON object: {e}"})
+                    break
+                if message is None:
                     break
                 self._dispatch(peer, message)
+                if peer.role is not None:
+                    connection.admit()
                 if peer.writer.is_closing():
                     break
-        except (ConnectionError, asyncio.LimitOverrunError, ValueError) as e:
+        except ConnectionError as e:
             logger.debug("connection dropped: %s", e)
         finally:
             self._peers.discard(peer)
             self._subscribers.discard(peer)
-            writer.close()
-            if peer.role == "worker" and peer.worker is not None:
-                self.events.emit("worker_stopped", **{k: peer.worker.get(k) for k in ("rank", "node_id", "pid")})
+            peer.writer.close()
+            if peer.role == Role.WORKER and peer.worker is not None:
+                self.events.emit(EventType.WORKER_STOPPED,
+                                 **{k: peer.worker.get(k) for k in ("rank", "node_id", "pid")}, reason="disconnected")
                 self._announce_worker_gone(peer.worker)
             self._disconnected(peer)
 
@@ -248,31 +369,35 @@ class Coordinator:
             pass
 
     def _dispatch(self, peer: _Peer, message: Message) -> None:
+        """Answer one message: a first hello, then only the ops the connection's role may send
+        (:func:`torchrt.coordinator.access.forbidden`)."""
         op, request_id = message.get("op"), message.get("id")
         now = time.monotonic()
+        greeting = peer.role is None
         try:
-            if op == "hello":
+            op = _parse_op(op)
+            if greeting:
+                if op is not Op.HELLO:
+                    raise _Rejected(Code.PROTOCOL, "say hello first")
                 reply = self._hello(peer, message, now)
-            elif peer.role is None:
-                raise _Rejected("protocol", "say hello first")
             else:
+                why = forbidden(peer.role, op)
+                if why is not None:
+                    raise _Rejected(Code.FORBIDDEN, why)
                 if peer.node_id is not None and self.membership is not None \
                         and self._node_peers.get(peer.node_id) is peer:
                     self.membership.heartbeat(peer.node_id, now)
-                handler = getattr(self, f"_op_{op}", None)
-                if handler is None:
-                    raise _Rejected("protocol", f"unknown op {op!r}")
-                reply = handler(peer, message, now)
+                reply = getattr(self, f"_op_{op.value}")(peer, message, now)
         except _Rejected as e:
             peer.send({"id": request_id, "ok": False, "code": e.code, "error": str(e)})
-            if e.code == "rejected":
-                self.events.emit("node_rejected", op=op, error=str(e))
-            if op == "hello":
+            if e.code is Code.REJECTED or (e.code is Code.FORBIDDEN and peer.refusals.first(op)):
+                self.events.emit(EventType.NODE_REJECTED, op=op, error=str(e))
+            if greeting:
                 peer.writer.close()
             return
         if reply is not None and request_id is not None:
             peer.send({"id": request_id, "ok": True, **reply})
-        if op in _MEMBERSHIP_OPS:
+        if op in MEMBERSHIP_OPS:
             self._after_change(now)
 
     def _disconnected(self, peer: _Peer) -> None:
@@ -281,43 +406,61 @@ class Coordinator:
             return
         del self._node_peers[node_id]
         if not peer.left and self.membership is not None:
-            self.membership.fail(node_id, "connection lost", time.monotonic())
+            if self._draining is not None:  # the job is being stopped: its nodes go, they do not fail
+                self.membership.leave(node_id, time.monotonic(), reason=self._draining)
+            else:
+                self.membership.fail(node_id, "connection lost", time.monotonic())
             self._after_change(time.monotonic())
 
     # -------------------------------------------------------------------- ops
     def _hello(self, peer: _Peer, message: Message, now: float) -> Message:
-        role = message.get("role")
-        if role not in _ROLES:
-            raise _Rejected("protocol", f"unknown role {role!r}; expected one of {_ROLES}")
+        try:
+            role = Role(message.get("role"))
+        except ValueError:
+            raise _Rejected(Code.PROTOCOL, f"unknown role {message.get('role')!r}; expected one of "
+                                           f"{', '.join(r.value for r in Role)}") from None
         if message.get("version") != PROTOCOL_VERSION:
-            raise _Rejected("protocol", f"protocol version {message.get('version')} is not "
-                                        f"{PROTOCOL_VERSION}; install the same torchrt everywhere")
-        who = f"{role} {message.get('node_id') or (message.get('info') or {}).get('rank', '')}".strip()
-        if not hmac.compare_digest(str(message.get("token") or ""), str(self.config.token or "")):
-            raise _Rejected("rejected", f"{who} presented a token that does not match the token of "
-                                        f"the coordinator at {self.endpoint}")
+            raise _Rejected(Code.PROTOCOL, f"protocol version {message.get('version')} is not "
+                                           f"{PROTOCOL_VERSION}; install the same torchrt everywhere")
+        info = message.get("info")
+        who = f"{role} {message.get('node_id') or (info.get('rank', '') if isinstance(info, dict) else '')}".strip()
+        if not token_matches(message.get("token"), self.config.token):
+            raise _Rejected(Code.REJECTED, f"{who} presented a token that does not match the token of "
+                                           f"the coordinator at {self.endpoint}")
+        worker = None
+        if role is Role.WORKER:
+            try:
+                worker = WorkerIdentity.from_hello(info)
+            except ValueError as e:
+                raise _Rejected(Code.PROTOCOL, str(e)) from None
         run_id = message.get("run_id")
-        if role != "observer":
+        if role is not Role.OBSERVER:
+            try:
+                check_run_id(run_id, key="run_id")  # it may name a directory (torchrt_runs/RUN_ID)
+            except InvalidRunIdError as e:
+                raise _Rejected(Code.REJECTED, f"{who}: {e}") from None
             if self.run_id is None:
                 self.run_id = str(run_id)
             elif run_id != self.run_id:
-                raise _Rejected("rejected", f"{who} belongs to run "
-                                            f"'{run_id}', but the coordinator at {self.endpoint} "
-                                            f"serves run '{self.run_id}'")
-        peer.role = role
-        if role == "node":
+                raise _Rejected(Code.REJECTED, f"{who} belongs to run "
+                                               f"'{run_id}', but the coordinator at {self.endpoint} "
+                                               f"serves run '{self.run_id}'")
+        if role is Role.NODE:
             self._hello_node(peer, message, now)
-        elif role == "worker":
-            peer.worker = dict(message.get("info") or {})
-            self.events.emit("worker_started", **peer.worker)
+        elif worker is not None:
+            peer.reports = ReportGate(worker)
+            peer.worker = dict(worker.info)
+            self.events.emit(EventType.WORKER_STARTED, **peer.worker)
             self._note_worker_nproc(peer.worker)
+        peer.role = role
         return {"run_id": self.run_id, "store_port": self.store_port,
-                "run_dir": str(Path(self.config.run_dir).resolve()), "coordinator_pid": os.getpid()}
+                "run_dir": str(Path(self.config.run_dir).resolve()), "coordinator_pid": os.getpid(),
+                "closed": self.membership is not None and self.membership.closed}
 
     def _hello_node(self, peer: _Peer, message: Message, now: float) -> None:
         node_id = str(message.get("node_id") or "")
         if not node_id:
-            raise _Rejected("protocol", "a node must give its node_id")
+            raise _Rejected(Code.PROTOCOL, "a node must give its node_id")
         job = dict(message.get("job") or {})
         if self.membership is None:
             self._start_job(job)
@@ -326,7 +469,7 @@ class Coordinator:
         assert self.membership is not None
         info = dict(message.get("info") or {})
         if self.membership.backend == "nccl" and info.get("device_kind") != "cuda":
-            raise _Rejected("rejected", f"node {node_id} has no CUDA device, but this job runs "
+            raise _Rejected(Code.REJECTED, f"node {node_id} has no CUDA device, but this job runs "
                                         f"over nccl")
         old = self._node_peers.get(node_id)
         if old is not None and old is not peer:
@@ -340,17 +483,19 @@ class Coordinator:
         try:
             settings = RoundSettings(
                 min_nodes=int(job["min_nodes"]), max_nodes=int(job["max_nodes"]),
-                last_call_timeout=float(job.get("last_call_timeout", 1.0)),
-                rejoin_timeout=float(job.get("rejoin_timeout", 30.0)),
-                join_timeout=float(job.get("join_timeout", 600.0)),
-                backend=str(job.get("backend", "auto")),
+                last_call_timeout=float(job.get("last_call_timeout", JOB_DEFAULTS.last_call_timeout)),
+                rejoin_timeout=float(job.get("rejoin_timeout", JOB_DEFAULTS.rejoin_timeout)),
+                join_timeout=float(job.get("join_timeout", JOB_DEFAULTS.join_timeout)),
+                backend=str(job.get("backend", JOB_DEFAULTS.backend)),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise _Rejected("protocol", f"bad job description {job!r}: {e}") from None
-        self.heartbeat_timeout = float(job.get("heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT))
+            raise _Rejected(Code.PROTOCOL, f"bad job description {job!r}: {e}") from None
+        self.heartbeat_timeout = float(job.get("heartbeat_timeout", JOB_DEFAULTS.heartbeat_timeout))
         self._job = job
-        self.membership = Membership(settings, self.events.emit)
-        self.events.emit("job_configured", run_id=self.run_id, heartbeat_timeout=self.heartbeat_timeout,
+        previous = self.events.previous
+        self.membership = Membership(settings, self.events.emit,
+                                     previous_round=previous.last_round if previous else 0)
+        self.events.emit(EventType.JOB_CONFIGURED, run_id=self.run_id, heartbeat_timeout=self.heartbeat_timeout,
                          **dataclasses.asdict(settings))
 
     def _check_job(self, node_id: str, job: dict[str, Any]) -> None:
@@ -358,19 +503,20 @@ class Coordinator:
         mine = (self._job.get("min_nodes"), self._job.get("max_nodes"))
         theirs = (job.get("min_nodes"), job.get("max_nodes"))
         if mine != theirs:
-            raise _Rejected("rejected", f"node {node_id} asks for nnodes {theirs[0]}:{theirs[1]}, but run "
+            raise _Rejected(Code.REJECTED, f"node {node_id} asks for nnodes {theirs[0]}:{theirs[1]}, but run "
                                         f"'{self.run_id}' was started with {mine[0]}:{mine[1]}")
 
     def _node_of(self, peer: _Peer) -> str:
-        if peer.role != "node" or peer.node_id is None or self._node_peers.get(peer.node_id) is not peer:
-            raise _Rejected("protocol", "only a connected node may do this")
+        """The node of a node connection that is still that node's (not replaced by a newer one)."""
+        if peer.node_id is None or self._node_peers.get(peer.node_id) is not peer:
+            raise _Rejected(Code.FORBIDDEN, "this connection is no longer its node's: a newer one replaced it")
         return peer.node_id
 
     def _op_join(self, peer: _Peer, message: Message, now: float) -> None:
         node_id = self._node_of(peer)
         assert self.membership is not None
         if self.membership.closed:
-            raise _Rejected("closed", f"run '{self.run_id}' is closed; node {node_id} cannot join")
+            raise _Rejected(Code.CLOSED, f"run '{self.run_id}' is closed; node {node_id} cannot join")
         port = int(message.get("master_port") or 0)
         peer.join_id = message.get("id")
         self.membership.join(node_id, port, now, cause=message.get("cause"))
@@ -389,9 +535,7 @@ class Coordinator:
         return {}
 
     def _op_close(self, peer: _Peer, message: Message, now: float) -> Message:
-        if peer.role != "node":
-            raise _Rejected("rejected", "only a node may close the rendezvous")
-        self._close(peer.node_id, now)
+        self._close(self._node_of(peer), now)
         return {}
 
     def _op_status(self, peer: _Peer, message: Message, now: float) -> Message:
@@ -407,35 +551,49 @@ class Coordinator:
 
     def _push_event(self, event: dict[str, Any]) -> None:
         for peer in list(self._subscribers):
-            peer.send({"push": "event", "event": event})
+            peer.send({"push": Push.EVENT, "event": event})
 
     def _op_ping(self, peer: _Peer, message: Message, now: float) -> Message:
         return {"version": PROTOCOL_VERSION, "torch": torch.__version__}
 
     def _op_telemetry(self, peer: _Peer, message: Message, now: float) -> Message:
-        source = {k: peer.worker[k] for k in ("rank", "node_id") if peer.worker and k in peer.worker}
-        for event in message.get("events") or []:
-            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                continue
-            fields = {k: v for k, v in event.items() if k not in ("type", "seq", "ts")}
-            if event["type"] in EPHEMERAL_EVENTS:  # kept in state and pushed live, not logged
-                live = {"type": event["type"], "ts": event.get("ts", time.time()), **source, **fields}
-                self._datasets.apply(live)
-                self._metrics.observe(live)
-                for subscriber in list(self._subscribers):
-                    subscriber.send({"push": EPHEMERAL_EVENTS[event["type"]], "event": live})
+        """A worker's reports: each accepted or refused by its :class:`ReportGate`; the reply
+        counts both (a refusal is recorded, not an error: see torchrt.coordinator.access)."""
+        assert peer.reports is not None
+        reports = message.get("events")
+        if not isinstance(reports, list):
+            raise _Rejected(Code.PROTOCOL, f"telemetry 'events' must be a list, got {type(reports).__name__}")
+        current = self.membership.current if self.membership is not None else None
+        refused = 0
+        for report in reports:
+            verdict = peer.reports.admit(report, current)
+            if isinstance(verdict, Refused):
+                refused += 1
+                if verdict.first:
+                    self.events.emit(EventType.REPORT_REFUSED, **verdict.record())
             else:
-                recorded = self.events.emit(event["type"], **{**source, **fields})
-                if not self._datasets.apply(recorded):
-                    self._checkpoints.apply(recorded)
+                self._record(verdict)
         self._state_dirty = True
-        return {}
+        return {"accepted": len(reports) - refused, "refused": refused}
+
+    def _record(self, report: Accepted) -> None:
+        push = EPHEMERAL_EVENTS.get(report.type)
+        if push is not None:  # kept in state and pushed live, not logged
+            live = {"type": report.type, "ts": report.ts if report.ts is not None else time.time(), **report.fields}
+            self._datasets.apply(live)
+            self._metrics.observe(live)
+            for subscriber in list(self._subscribers):
+                subscriber.send({"push": push, "event": live})
+        else:
+            recorded = self.events.emit(report.type, **report.fields)
+            if not self._datasets.apply(recorded):
+                self._checkpoints.apply(recorded)
 
     # --------------------------------------------------------------- decisions
     def _close(self, by: str | None, now: float) -> None:
         assert self.membership is not None
         for node_id in self.membership.close(by, now):
-            self._answer_join(node_id, {"ok": False, "code": "closed",
+            self._answer_join(node_id, {"ok": False, "code": Code.CLOSED,
                                         "error": f"run '{self.run_id}' was closed by {by}"})
 
     def _after_change(self, now: float) -> None:
@@ -474,7 +632,7 @@ class Coordinator:
             state = (current, membership.restart_hint(node_id), membership.closed)
             if state != peer.last_state:
                 peer.last_state = state
-                peer.send({"push": "state", "round": state[0], "waiting": state[1], "closed": state[2]})
+                peer.send({"push": Push.STATE, "round": state[0], "waiting": state[1], "closed": state[2]})
 
     async def _tick_forever(self) -> None:
         while True:
@@ -483,7 +641,7 @@ class Coordinator:
                 self._tick(time.monotonic())
             except Exception:
                 logger.exception("coordinator tick failed")
-                self.events.emit("error", where="coordinator tick", error="see coordinator log")
+                self.events.emit(EventType.ERROR, where="coordinator tick", error="see coordinator log")
 
     def _tick(self, now: float) -> None:
         membership = self.membership
@@ -494,17 +652,19 @@ class Coordinator:
                     peer.writer.close()
             for node_id in membership.timed_out_joins(now):
                 self._answer_join(node_id, {
-                    "ok": False, "code": "timeout",
+                    "ok": False, "code": Code.TIMEOUT,
                     "error": f"node {node_id} waited {membership.settings.join_timeout:g}s but only "
                              f"{membership.waiting_count()} of the required {membership.settings.min_nodes} "
                              f"nodes joined: {_waiting_names(membership)}"})
             self._after_change(now)
+        self.events.flush()
         self._write_state()
+        self._check_drained(now)
 
     # ----------------------------------------------------------------- state
     def snapshot(self) -> dict[str, Any]:
         membership = self.membership.snapshot() if self.membership else None
-        workers = [p.worker for p in self._peers if p.role == "worker" and p.worker]
+        workers = [p.worker for p in self._peers if p.role is Role.WORKER and p.worker]
         return {"coordinator": self._describe(), "membership": membership,
                 "workers": sorted(workers, key=lambda w: w.get("rank", 0)),
                 "datasets": self._datasets.view, "checkpoints": self._checkpoints.view(),
@@ -524,10 +684,22 @@ class Coordinator:
         if force:
             if busy:
                 self._state_write.result()
+            self._write_state_file(text)
+            return
+        try:
+            self._state_write = self._state_writer.submit(self._write_state_file, text)
+        except RuntimeError:  # the executor is gone (the interpreter is exiting): write here
+            self._write_state_file(text)
+
+    def _write_state_file(self, text: str) -> None:
+        """Replace state.json; a failure (disk full) is reported and the state written again later."""
+        try:
             write_text_atomic(Path(self.config.run_dir) / STATE_FILE, text)
+        except OSError as e:
+            self._state_dirty = True
+            self.health.failed(STATE_FILE, e)
         else:
-            self._state_write = self._state_writer.submit(
-                write_text_atomic, Path(self.config.run_dir) / STATE_FILE, text)
+            self.health.succeeded(STATE_FILE)
 
     def _describe(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "host": self.config.host, "port": self.port,
@@ -541,16 +713,38 @@ class Coordinator:
             self.membership.nodes[node_id].info.setdefault("nproc", nproc)
 
 
+def _parse_op(value: object) -> Op:
+    try:
+        return Op(value)
+    except ValueError:
+        raise _Rejected(Code.PROTOCOL, f"unknown op {value!r}") from None
+
+
 def _waiting_names(membership: Membership) -> str:
     names = [n.node_id for n in membership.nodes.values() if n.status == NodeStatus.WAITING]
     return ", ".join(names) or "none"
 
 
-def _connect_host(host: str) -> str:
+def format_endpoint(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets (what ``parse_endpoint`` reads back)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def connect_host(host: str) -> str:
+    """The address a client on this machine dials to reach a server bound to ``host``."""
     return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def store_server(sock: socket.socket, host: str) -> dist.TCPStore:
+    """A libuv ``TCPStore`` server on ``sock``, a listening socket bound to one address, which it
+    takes over; ``host`` is how its own client dials it. (A store that binds its port itself, as
+    c10d's does, listens on every interface whatever host it is given.)"""
+    return dist.TCPStore(host, sock.getsockname()[1], is_master=True, wait_for_workers=False,
+                         use_libuv=True, master_listen_fd=sock.detach())
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host`` only (port 0: a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

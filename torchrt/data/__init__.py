@@ -46,7 +46,7 @@ _EXPORTS = {
     "registry_view": "events",
     "DataError": "errors", "DataConfigError": "errors", "DataNotFoundError": "errors",
     "IndexOutOfRangeError": "errors", "SampleReadError": "errors", "ShapeMismatchError": "errors",
-    "ShardCorruptError": "errors", "StateMismatchError": "errors",
+    "ShardCorruptError": "errors", "DataStateMismatchError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

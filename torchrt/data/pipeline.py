@@ -59,7 +59,7 @@ import numpy as np
 import torch
 import torchdata.nodes as tn
 
-from torchrt.data.errors import DataConfigError, StateMismatchError
+from torchrt.data.errors import DataConfigError, DataStateMismatchError
 from torchrt.data.events import DataEvents
 from torchrt.data.preview import PreviewTap
 from torchrt.data.sampling import TAIL_POLICIES, EpochPlan, GlobalOrder, RankStep, TailPolicy
@@ -296,8 +296,8 @@ class ShardedPipeline:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (saved at any world size); takes effect at the next ``iter()``."""
-        def mismatch(problem: str) -> StateMismatchError:
-            return StateMismatchError(problem, dataset=self.name, file=self.source.file)
+        def mismatch(problem: str) -> DataStateMismatchError:
+            return DataStateMismatchError(problem, dataset=self.name, file=self.source.file)
 
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise mismatch(f"not a {STATE_FORMAT} state: "

@@ -2,8 +2,10 @@
 
 Design
 ------
-A frozen dataclass, validated on construction (:class:`DataConfigError` names
-the dataset and the field), so a spec that exists is a spec that can be built.
+A frozen dataclass, validated on construction with the :mod:`torchrt.validation`
+check declared next to each field (:class:`DataConfigError` names the dataset
+and carries the field's key and expectation), so a spec that exists is a spec
+that can be built.
 The same object comes from code (``DataSpec(name="digits", kind="digits",
 batch_size=64)``) or from a mapping (:meth:`DataSpec.from_mapping`, what the
 YAML ``data`` section holds); unknown keys and unknown ``options`` for the kind
@@ -31,6 +33,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, get_args
 
 from torchrt.data.errors import DataConfigError
+from torchrt.errors import FieldError
+from torchrt.validation import (Boolean, Choice, Integer, Number, Text, check_fields, mismatch, missing_key, setting,
+                                unknown_key)
 
 __all__ = ["KINDS", "DataKind", "DataSpec", "parse_data_section", "resolve_object"]
 
@@ -65,70 +70,53 @@ def resolve_object(reference: str, *, dataset: str, what: str) -> Any:
 class DataSpec:
     """A dataset and how each rank's pipeline reads it (see the module docstring for kinds)."""
 
-    name: str
-    kind: DataKind
-    path: str | None = None
+    name: str = setting(check=Text())
+    kind: DataKind = setting(check=Choice(KINDS))
+    path: str | None = setting(None, Text(optional=True))
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    batch_size: int = 32
-    shuffle: bool = True
-    seed: int = 0
-    tail: Literal["drop_tail", "pad"] = "drop_tail"
-    workers: int = 2
-    worker_mode: Literal["threads", "processes"] = "threads"
-    prefetch: int = 2
-    preview_interval: float | None = 2.0
-    report_interval: float = 5.0
+    batch_size: int = setting(32, Integer(ge=1))
+    shuffle: bool = setting(True, Boolean())
+    seed: int = setting(0, Integer(ge=0))
+    tail: Literal["drop_tail", "pad"] = setting("drop_tail", Choice(_TAILS))
+    workers: int = setting(2, Integer(ge=0))
+    worker_mode: Literal["threads", "processes"] = setting("threads", Choice(_MODES))
+    prefetch: int = setting(2, Integer(ge=0))
+    preview_interval: float | None = setting(2.0, Number(ge=0, optional=True))
+    report_interval: float = setting(5.0, Number(ge=0))
     transform: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None
     dataset: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         name = self.name if isinstance(self.name, str) else repr(self.name)
+        try:
+            check_fields(self)
+            self._check_kind()
+        except FieldError as e:
+            raise DataConfigError.like(e, dataset=name, file=self.path if isinstance(self.path, str) else None) \
+                from None
 
-        def bad(field: str, problem: str) -> DataConfigError:
-            return DataConfigError(f"{field}: {problem}", dataset=name, file=self.path)
-
-        if not isinstance(self.name, str) or not self.name:
-            raise bad("name", "expected a non-empty string")
-        if self.kind not in KINDS:
-            raise bad("kind", f"expected one of {', '.join(KINDS)}, got {self.kind!r}")
-        if self.path is not None and not isinstance(self.path, str):
-            raise bad("path", f"expected a string, got {self.path!r}")
+    def _check_kind(self) -> None:
+        """What the field checks cannot see: options, transform, and what each kind needs."""
         if not isinstance(self.options, Mapping):
-            raise bad("options", f"expected a mapping, got {self.options!r}")
+            raise mismatch("options", "a mapping", self.options)
         object.__setattr__(self, "options", dict(self.options))
-        for field, minimum in (("batch_size", 1), ("workers", 0), ("prefetch", 0), ("seed", 0)):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise bad(field, f"expected an integer >= {minimum}, got {value!r}")
-        if not isinstance(self.shuffle, bool):
-            raise bad("shuffle", f"expected true or false, got {self.shuffle!r}")
-        if self.tail not in _TAILS:
-            raise bad("tail", f"expected one of {', '.join(_TAILS)}, got {self.tail!r}")
-        if self.worker_mode not in _MODES:
-            raise bad("worker_mode", f"expected one of {', '.join(_MODES)}, got {self.worker_mode!r}")
-        for field in ("preview_interval", "report_interval"):
-            value = getattr(self, field)
-            if value is None and field == "preview_interval":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise bad(field, f"expected a number >= 0{' or null' if field == 'preview_interval' else ''}, "
-                                 f"got {value!r}")
         if self.transform is not None and not (isinstance(self.transform, str) or callable(self.transform)):
-            raise bad("transform", f"expected 'package.module:function' or a callable, got {self.transform!r}")
+            raise mismatch("transform", "'package.module:function' or a callable", self.transform)
         allowed = _OPTIONS[self.kind]
         if allowed is not None:
             unknown = sorted(set(self.options) - allowed)
             if unknown:
-                raise bad(f"options.{unknown[0]}", f"unknown option for kind {self.kind!r} "
-                                                   f"(known: {', '.join(sorted(allowed)) or 'none'})")
+                raise FieldError(f"unknown option for kind {self.kind!r} (known: {', '.join(sorted(allowed)) or 'none'})",
+                                 key=f"options.{unknown[0]}")
         if self.kind == "shards" and not self.path:
-            raise bad("path", "a 'shards' dataset needs the path of its directory")
+            raise FieldError("a 'shards' dataset needs the path of its directory", key="path")
         if self.kind == "map" and self.dataset is None and not self.path:
-            raise bad("path", "a 'map' dataset needs path='package.module:dataset_or_factory' (or dataset= in code)")
+            raise FieldError("a 'map' dataset needs path='package.module:dataset_or_factory' (or dataset= in code)",
+                             key="path")
         if self.kind == "synthetic":
-            size = self.options.get("size")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise bad("options.size", f"a 'synthetic' dataset needs an integer size >= 0, got {size!r}")
+            if self.options.get("size") is None:
+                raise missing_key("options.size", "a 'synthetic' dataset needs its size")
+            Integer(ge=0)("options.size", self.options["size"])
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any], *, default_name: str | None = None) -> DataSpec:
@@ -141,20 +129,21 @@ class DataSpec:
             raise DataConfigError(f"a dataset entry must be a mapping, got {raw!r}", dataset=default_name)
         values = dict(raw)
         name = values.get("name", default_name)
-        if "drop_last" in values:
-            drop = values.pop("drop_last")
-            if not isinstance(drop, bool):
-                raise DataConfigError(f"drop_last: expected true or false, got {drop!r}", dataset=name)
-            if "tail" in values and values["tail"] != ("drop_tail" if drop else "pad"):
-                raise DataConfigError("drop_last and tail disagree", dataset=name)
-            values["tail"] = "drop_tail" if drop else "pad"
-        values.setdefault("name", name)
-        fields = {f.name for f in dataclasses.fields(cls)} - {"dataset"}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise DataConfigError(f"{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})", dataset=name)
-        if "kind" not in values:
-            raise DataConfigError("kind: required (one of " + ", ".join(KINDS) + ")", dataset=name)
+        try:
+            if "drop_last" in values:
+                drop = Boolean()("drop_last", values.pop("drop_last"))
+                if "tail" in values and values["tail"] != ("drop_tail" if drop else "pad"):
+                    raise FieldError("drop_last and tail disagree", key="drop_last")
+                values["tail"] = "drop_tail" if drop else "pad"
+            values.setdefault("name", name)
+            fields = [f.name for f in dataclasses.fields(cls) if f.name != "dataset"]
+            unknown = sorted(set(values) - set(fields))
+            if unknown:
+                raise unknown_key(unknown[0], sorted(fields))
+            if "kind" not in values:
+                raise missing_key("kind", "one of " + ", ".join(KINDS))
+        except FieldError as e:
+            raise DataConfigError.like(e, dataset=name) from None
         values = {k: v for k, v in values.items() if v is not None}  # null takes the default (as in config.py)
         return cls(**values)
 

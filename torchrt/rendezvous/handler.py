@@ -7,11 +7,21 @@ join the next round and blocks until the coordinator answers with the round
 coordinator pushes when it changes, so torchrun's 0.1 s monitor loop costs no
 network traffic.
 
-Workers are bootstrapped as torchrun does without a shared store
-(``use_agent_store`` is False): the group-rank-0 worker hosts a fresh TCPStore
-on a port its node picked when it joined, so no key or address of an earlier
-round can leak into the next one. The agent-level store (rank assignment, exit
-barrier) is the coordinator's store under a per-round prefix.
+``use_agent_store`` is True: workers connect as clients to a bootstrap store
+that the group-rank-0 *handler* serves, fresh for every round, on a socket
+bound to the node's own rendezvous address (:mod:`torchrt.rendezvous.bootstrap`;
+a store the rank-0 worker started itself would listen on every interface). The
+agent-level store (rank assignment, exit barrier) is the coordinator's store
+under a per-round prefix.
+
+``--rdzv-endpoint=HOST:0`` works as with c10d (``--standalone`` uses
+``localhost:0``): the node that hosts the coordinator binds a free port, and
+this handler and the workers (``TORCHRT_ENDPOINT``) dial the port it got. Only
+the hosting node can know that port, so ``HOST:0`` is for single-node jobs.
+
+Closing follows c10d: ``set_closed()`` and ``shutdown()`` close the rendezvous
+for everybody even on a handler that never joined (it connects to do so), and
+``is_closed()`` on a fresh handler asks the coordinator.
 
 The handler also exports ``TORCHRT_*`` variables into the agent's environment;
 torchrun copies that environment into every worker it starts after the round,
@@ -35,21 +45,20 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousParameters,
     RendezvousStoreInfo,
 )
-from torch.distributed.elastic.utils.distributed import get_free_port
 
 from torchrt.coordinator.client import CoordinatorClient
-from torchrt.coordinator.server import Coordinator, CoordinatorConfig
-from torchrt.errors import CoordinatorUnavailableError
-from torchrt.contract import round_store_prefix
+from torchrt.coordinator.server import Coordinator, CoordinatorConfig, connect_host, format_endpoint
+from torchrt.errors import CoordinatorUnavailableError, RendezvousConfigError
+from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env, Op, Push, Role, round_store_prefix
 from torchrt.protocol import Message, parse_endpoint
+from torchrt.rendezvous.bootstrap import BootstrapStore
 from torchrt.rendezvous.node_info import describe_node, is_local_host
 from torchrt.rendezvous.options import RendezvousOptions
 
 logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "torchrt"
-DEFAULT_PORT = 29400
-ENV_PREFIX = "TORCHRT_"
+SHUTDOWN_TIMEOUT_S = 5.0  # shutdown: how long to look for a coordinator to close, and to say goodbye
 
 
 class TorchrtRendezvousHandler(RendezvousHandler):
@@ -58,9 +67,14 @@ class TorchrtRendezvousHandler(RendezvousHandler):
     def __init__(self, params: RendezvousParameters, options: RendezvousOptions | None = None) -> None:
         self._params = params
         self._options = options or RendezvousOptions.from_params(params)
-        host, port = parse_endpoint(params.endpoint or f"127.0.0.1:{DEFAULT_PORT}", DEFAULT_PORT)
-        self._endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        host, port = parse_endpoint(params.endpoint or f"{DEFAULT_HOST}:{DEFAULT_PORT}", DEFAULT_PORT)
         self._host, self._port = host, port
+        self._endpoint = format_endpoint(host, port)
+        if port == 0 and not self._should_host():
+            raise RendezvousConfigError(
+                f"--rdzv-endpoint {self._endpoint} asks the node that hosts the coordinator to pick a free "
+                f"port, but this node does not host it (is_host=false, or {host} is not this machine); "
+                f"give the coordinator's port")
         self._run_id = params.run_id
         self.node_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._info = describe_node(params.local_addr)
@@ -68,6 +82,8 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         self._hosted: Coordinator | None = None
         self._store: concurrent.futures.Future[dist.TCPStore] | None = None
         self._store_port = 0
+        self._bootstrap = BootstrapStore()
+        self._addr: str | None = None  # this node's address as the coordinator knows it
         self._lock = threading.Lock()
         self._hint = 0
         self._closed = False
@@ -79,18 +95,27 @@ class TorchrtRendezvousHandler(RendezvousHandler):
 
     @property
     def use_agent_store(self) -> bool:
-        return False
+        """True: every worker connects as a client to ``MASTER_ADDR:MASTER_PORT``, the round's
+        bootstrap store that this handler serves when its node is group rank 0 (fresh each round,
+        bound to the node's rendezvous address), instead of the rank-0 worker starting a store
+        server there itself, which would listen on every interface."""
+        return True
 
     def get_run_id(self) -> str:
         return self._run_id
 
     def next_rendezvous(self) -> RendezvousInfo:
         started = time.monotonic()
-        reply = self._join(self._join_cause())
+        try:
+            reply = self._join(self._join_cause())
+            self._bootstrap.settle(int(reply["rank"]) == 0, str(reply["master_addr"]))
+        except BaseException:
+            self._bootstrap.close()
+            raise
         self._round = reply
         self._hint = 0
         store = dist.PrefixStore(round_store_prefix(self._run_id, reply["round"]), self._coordinator_store().result())
-        self._export_environment(reply, self._store_host)
+        self._export_environment(reply)
         logger.info("torchrt round %d: node %s is group rank %d of %d (rendezvous took %.3fs)",
                     reply["round"], self.node_id, reply["rank"], reply["world_size"],
                     time.monotonic() - started)
@@ -100,11 +125,13 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         )
 
     def is_closed(self) -> bool:
+        if not self._closed and self._client is None:  # never connected: the coordinator knows
+            self._connected()
         return self._closed
 
     def set_closed(self) -> None:
+        self._connected().request(Op.CLOSE)
         self._closed = True
-        self._connected().request("close")
 
     def num_nodes_waiting(self) -> int:
         if self._closed:
@@ -115,20 +142,30 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         return self._hint
 
     def shutdown(self) -> bool:
-        """Leave and close the rendezvous: the job is over for everybody (as with c10d)."""
+        """Leave and close the rendezvous: the job is over for everybody (as with c10d), also when
+        this node never joined. False when no coordinator could be told (none runs, or it went)."""
         ok = True
         with self._lock:
             client, self._client = self._client, None
+        if client is None and self._hosted is None:  # never connected: find the coordinator to close
+            try:
+                client = self._connect(timeout=min(SHUTDOWN_TIMEOUT_S, self._options.connect_timeout))
+            except CoordinatorUnavailableError as e:
+                logger.info("node %s found no coordinator to close at %s: %s", self.node_id, self._endpoint, e)
+                ok = False
         if client is not None:
             try:
                 if client.connected:
-                    client.request("leave", close=True, timeout=5)
+                    client.request(Op.LEAVE, close=True, timeout=SHUTDOWN_TIMEOUT_S)
+                else:
+                    ok = False
             except Exception as e:  # shutting down; the coordinator may already be gone
                 logger.info("node %s could not say goodbye to %s: %s", self.node_id, self._endpoint, e)
                 ok = False
             client.close()
         self._closed = True
         self._store = None
+        self._bootstrap.close()
         if self._hosted is not None:
             self._hosted.stop()
             self._hosted = None
@@ -152,19 +189,28 @@ class TorchrtRendezvousHandler(RendezvousHandler):
                 self._client.close()
             if self._hosted is None and self._should_host():
                 self._try_to_host()
-            client = CoordinatorClient(
-                self._endpoint, role="node", run_id=self._run_id, token=self._options.token,
-                hello={"node_id": self.node_id, "info": dict(self._info),
-                       "job": self._options.job(self._params.min_nodes, self._params.max_nodes)},
-                heartbeat_interval=self._options.heartbeat_interval, on_push=self._on_push,
-            )
-            client.connect(timeout=self._options.connect_timeout)
+            client = self._connect(timeout=self._options.connect_timeout)
             self._client = client
             # Dial the store now, in the background: it overlaps with waiting for the round
             # instead of following it, and N nodes no longer dial at the same instant when the
             # round is announced (c10d's store server resolves each peer's name on accept).
             self._coordinator_store(int(client.welcome["store_port"]))
             return client
+
+    def _connect(self, timeout: float) -> CoordinatorClient:
+        """A new connection to the coordinator, hello said (it also says whether the rendezvous is
+        closed, which no push would repeat to a newcomer)."""
+        info = dict(self._info)  # the client fills in "addr" from its socket when it is None
+        client = CoordinatorClient(
+            self._endpoint, role=Role.NODE, run_id=self._run_id, token=self._options.token,
+            hello={"node_id": self.node_id, "info": info,
+                   "job": self._options.job(self._params.min_nodes, self._params.max_nodes)},
+            heartbeat_interval=self._options.heartbeat_interval, on_push=self._on_push,
+        )
+        client.connect(timeout=timeout)
+        self._addr = str(info["addr"])
+        self._closed = self._closed or bool(client.welcome.get("closed"))
+        return client
 
     def _join(self, cause: str) -> Message:
         """Ask for the next round; a connection lost on the way is re-established and the join
@@ -173,8 +219,10 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         join_timeout = self._options.join_timeout + 2 * self._options.heartbeat_timeout
         while True:
             client = self._connected()
+            assert self._addr is not None
             try:
-                return client.request("join", master_port=get_free_port(), cause=cause, timeout=join_timeout)
+                return client.request(Op.JOIN, master_port=self._bootstrap.listen(self._addr), cause=cause,
+                                      timeout=join_timeout)
             except CoordinatorUnavailableError as e:
                 if not client.lost.is_set() or time.monotonic() > deadline:
                     raise
@@ -201,13 +249,15 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         try:
             coordinator.start()
         except OSError as e:
+            if self._port == 0:
+                raise CoordinatorUnavailableError(
+                    f"could not host the coordinator on a free port of {self._host}: {e}") from e
             logger.debug("not hosting the coordinator at %s (%s); joining the one there", self._endpoint, e)
             return
         self._hosted = coordinator
-
-    @property
-    def _store_host(self) -> str:
-        return self._host if self._host not in ("0.0.0.0", "::") else "127.0.0.1"
+        if self._port == 0:  # HOST:0: from now on this node and its workers dial the port it got
+            self._port = coordinator.port
+            self._endpoint = format_endpoint(self._host, self._port)
 
     def _coordinator_store(self, port: int | None = None) -> concurrent.futures.Future[dist.TCPStore]:
         """The client of the coordinator's store, connected once per store port in the background."""
@@ -216,7 +266,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
 
             def dial(future: concurrent.futures.Future[dist.TCPStore] = self._store) -> None:
                 try:
-                    future.set_result(dist.TCPStore(self._store_host, port, is_master=False, use_libuv=True,
+                    future.set_result(dist.TCPStore(connect_host(self._host), port, is_master=False, use_libuv=True,
                                                     timeout=timedelta(seconds=self._options.join_timeout)))
                 except Exception as e:  # raised to next_rendezvous by result()
                     future.set_exception(e)
@@ -226,27 +276,25 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         return self._store
 
     def _on_push(self, message: Message) -> None:
-        if message.get("push") == "state":
+        if message.get("push") == Push.STATE:
             self._hint = int(message.get("waiting") or 0)
             self._closed = self._closed or bool(message.get("closed"))
 
-    def _export_environment(self, reply: Message, store_host: str) -> None:
-        env = {
-            "ENDPOINT": self._endpoint,
-            "STORE": f"{store_host}:{reply['store_port']}",
-            "RUN_ID": self._run_id,
-            "ROUND": str(reply["round"]),
-            "BACKEND": str(reply["backend"]),
-            "NODE_ID": self.node_id,
-            "RUN_DIR": str(self._client.welcome.get("run_dir", "")) if self._client else "",
-        }
-        for key, value in env.items():
-            os.environ[ENV_PREFIX + key] = value
+    def _export_environment(self, reply: Message) -> None:
+        os.environ.update({
+            Env.ENDPOINT: self._endpoint,
+            Env.STORE: format_endpoint(connect_host(self._host), int(reply["store_port"])),
+            Env.RUN_ID: self._run_id,
+            Env.ROUND: str(reply["round"]),
+            Env.BACKEND: str(reply["backend"]),
+            Env.NODE_ID: self.node_id,
+            Env.RUN_DIR: str(self._client.welcome.get("run_dir", "")) if self._client else "",
+        })
         # Set or remove: a token left in the environment by anything else must not reach workers.
         if self._options.token:
-            os.environ[ENV_PREFIX + "TOKEN"] = self._options.token
+            os.environ[Env.TOKEN] = self._options.token
         else:
-            os.environ.pop(ENV_PREFIX + "TOKEN", None)
+            os.environ.pop(Env.TOKEN, None)
 
 
 __all__ = ["BACKEND_NAME", "TorchrtRendezvousHandler"]
