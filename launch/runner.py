@@ -36,6 +36,7 @@ from types import FrameType
 import psutil
 
 from torchrt.config import ConfigError, JobConfig, config_environment, load_config
+from torchrt.contract import Env
 from torchrt.coordinator.client import ping
 from torchrt.coordinator.run_dir import RunDirError, ensure_writable
 from torchrt.errors import CoordinatorUnavailableError, RendezvousError
@@ -161,7 +162,7 @@ def _ensure_coordinator(config: JobConfig) -> tuple[bool, subprocess.Popen[bytes
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     if rdzv.token is not None:
-        env["TORCHRT_TOKEN"] = rdzv.token
+        env[Env.TOKEN] = rdzv.token
     argv = coordinator_argv(config, owner_pid=os.getpid())
     logger.info("starting a coordinator: %s (log: %s)", " ".join(argv), log_path)
     with open(log_path, "ab") as log:
@@ -195,6 +196,8 @@ def _run_torchrun(config: JobConfig, overrides: Sequence[str], is_host: bool | N
     proc = subprocess.Popen(argv, env=env, start_new_session=True)
     with stopper.handling(proc):
         code = proc.wait()
+    if stopper.first_signal is not None:  # stopped on request: report it as the shell would
+        return 128 + stopper.first_signal
     return code if code >= 0 else 128 - code
 
 
@@ -204,6 +207,7 @@ class _SignalStop:
     def __init__(self, coordinator: subprocess.Popen[bytes] | None) -> None:
         self.coordinator = coordinator
         self.signals = 0
+        self.first_signal: int | None = None
         self._torchrun: subprocess.Popen[bytes] | None = None
 
     @contextmanager
@@ -227,6 +231,7 @@ class _SignalStop:
         if torchrun is None or torchrun.poll() is not None:
             return
         if self.signals == 1:
+            self.first_signal = signum
             logger.info("got %s: stopping the job (torchrun pid %d)", signal.Signals(signum).name, torchrun.pid)
             if self.coordinator is not None and self.coordinator.poll() is None:
                 self.coordinator.send_signal(signal.SIGINT)  # drain: the job's nodes are about to go

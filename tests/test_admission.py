@@ -256,8 +256,8 @@ def test_descriptor_exhaustion_backs_off_quietly_and_a_real_job_gets_in(tmp_path
             with contextlib.suppress(BlockingIOError):
                 sock.connect((host, int(port)))
             idle.append(sock)
-        wait_until(lambda: "cannot accept connections" in log_path.read_text(), 30,
-                   "the coordinator to run out of descriptors")
+        coordinator = psutil.Process(proc.pid)
+        wait_until(lambda: coordinator.num_fds() >= 1000, 30, "the coordinator to run out of descriptors")
         agents = [Agent(endpoint, "2", tmp_path / "agent-run", results, nproc=1, conf={"is_host": "false"})
                   for _ in range(2)]
         for agent in agents:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -387,7 +388,7 @@ def test_spec_errors_reach_the_config_as_fields_not_text(cfg_dir: Path) -> None:
 def test_a_default_ruled_out_by_another_key_is_reported(cfg_dir: Path) -> None:
     message = error_of(write(cfg_dir, MINIMAL), ["rendezvous.heartbeat_interval=3"])
     assert message.endswith(": rendezvous.heartbeat_timeout: expected a number > rendezvous.heartbeat_interval "
-                            "(from --set) (3), got 2.5 (the default)")
+                            "(3), got 2.5 (the default)")
 
 
 def test_ipv6_endpoints(cfg_dir: Path) -> None:
@@ -417,8 +418,6 @@ def test_token_file(cfg_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_torchrt_run_exits_2_naming_an_infinite_timeout(cfg_dir: Path) -> None:
     """The real CLI: a bad timeout is one line on stderr and status 2, before anything starts."""
-    import subprocess
-
     path = write(cfg_dir, f"job: {{name: demo, run_dir: {cfg_dir / 'run'}}}\nentrypoint: {{script: train.py}}\n")
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-m", "launch.cli", "run", str(path), "--set",
@@ -427,3 +426,8 @@ def test_torchrt_run_exits_2_naming_an_infinite_timeout(cfg_dir: Path) -> None:
     assert proc.stderr == (f"torchrt: {path}: rendezvous.join_timeout (from --set): expected a finite number > 0, "
                            "got inf\n")
     assert not (cfg_dir / "run").exists()
+
+
+def test_a_run_id_that_would_leave_the_runs_directory_is_a_config_error(cfg_dir: Path) -> None:
+    message = error_of(write(cfg_dir, MINIMAL), ["job.run_id=../../x"])
+    assert ": job.run_id (from --set): expected a non-empty name without '/'" in message

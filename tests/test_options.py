@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -160,7 +161,7 @@ def test_torchrun_fails_fast_naming_the_key(tmp_path: Path, conf: str, key: str)
             "--rdzv-conf", f"run_dir={tmp_path / 'run'},{conf}", str(EXAMPLE)]
     started = time.monotonic()
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=90,
-                          env={**__import__("os").environ, "RESULT_DIR": str(tmp_path)})
+                          env={**os.environ, "RESULT_DIR": str(tmp_path)})
     elapsed = time.monotonic() - started
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0

@@ -14,9 +14,15 @@ A key given as ``null`` (or left empty) takes its default.
 
 Design: :class:`JobConfig`'s fields are the registry of sections. Each field's
 type is a section dataclass with a ``parse(section: Section)`` classmethod that
-reads its keys through the typed, range-checking getters of :class:`Section`;
-the section's accepted keys are its dataclass fields. Adding a section is
-therefore one dataclass plus one field line in :class:`JobConfig`.
+reads its keys with :meth:`Section.value` and a :mod:`torchrt.validation`
+check; the section's accepted keys are its dataclass fields. Adding a section
+is therefore one dataclass plus one field line in :class:`JobConfig`. The
+``rendezvous`` keys use the checks and defaults of ``--rdzv-conf``
+(:class:`~torchrt.rendezvous.options.RendezvousOptions`), ``data`` entries and
+``checkpoint`` are :class:`~torchrt.data.DataSpec` and
+:class:`~torchrt.checkpoint.CheckpointSpec`, which validate themselves; their
+errors are :class:`~torchrt.errors.FieldError` instances carrying key, expectation and
+value, re-raised here with the file name (never by parsing a message).
 
 Overrides (``torchrt run CONFIG --set section.key=value``) are applied to the
 parsed YAML before validation, so they are checked exactly like the file; the
@@ -42,7 +48,7 @@ from torchrt.checkpoint.spec import CheckpointSpec
 from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env
 from torchrt.data.errors import DataConfigError
 from torchrt.data.spec import DataSpec, parse_data_section
-from torchrt.errors import FieldError, TokenFileError
+from torchrt.errors import FieldError
 from torchrt.rendezvous.options import RendezvousOptions, heartbeat_timeout_check
 from torchrt.tokens import resolve_token
 from torchrt.validation import (Check, Endpoint, Integer, Number, Text, TextList, TextMap, checks_of, missing_key,
@@ -152,7 +158,11 @@ class JobSection:
     def parse(cls, s: Section) -> JobSection:
         name = s.value("name", Text(), _REQUIRED)
         run_id = s.value("run_id", Text(), name)
-        return cls(name=name, run_id=run_id, run_dir=s.value("run_dir", _PLAIN, str(_RDZV.run_dir_for(run_id))),
+        try:
+            default_run_dir = str(_RDZV.run_dir_for(run_id))  # the handler's default, which checks the run id
+        except FieldError as e:
+            raise s.reraise(e, "run_id") from None
+        return cls(name=name, run_id=run_id, run_dir=s.value("run_dir", _PLAIN, default_run_dir),
                    max_restarts=s.value("max_restarts", Integer(ge=0), 0))
 
 
@@ -203,11 +213,11 @@ class RendezvousSection:
             try:
                 _PLAIN("token_file", token_file)
                 resolve_token(None, token_file)
-            except (FieldError, TokenFileError) as e:
+            except FieldError as e:  # a TokenFileError is one too
                 raise s.reraise(e, "token_file") from None
         timings = {key: s.value(key, _RDZV_CHECKS[key], getattr(cls, key))
                    for key in ("last_call_timeout", "rejoin_timeout", "join_timeout", "heartbeat_interval")}
-        check = heartbeat_timeout_check(timings["heartbeat_interval"], bound=s.key("heartbeat_interval"))
+        check = heartbeat_timeout_check(timings["heartbeat_interval"], bound=f"{s.name}.heartbeat_interval")
         return cls(endpoint=s.value("endpoint", Endpoint(), cls.endpoint), token=token, token_file=token_file,
                    backend=s.value("backend", _RDZV_CHECKS["pg_backend"], cls.backend), **timings,
                    heartbeat_timeout=s.value("heartbeat_timeout", check, cls.heartbeat_timeout),

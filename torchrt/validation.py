@@ -105,7 +105,11 @@ class Check:
 
     @property
     def expected(self) -> str:
-        return self._expected() + (" or null" if self.optional else "")
+        return self._expected() + self._or_null
+
+    @property
+    def _or_null(self) -> str:
+        return " or null" if self.optional else ""
 
     def __call__(self, key: str, value: Any, *, shown: str | None = None) -> Any:
         if value is None and self.optional:
@@ -163,12 +167,18 @@ class Number(Check):
     def _check(self, key: str, value: Any, shown: str | None) -> Any:
         if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
             raise self._bad(key, value, shown)
-        if not math.isfinite(value):
-            raise self._bad(key, value, shown, self._expected(finite=True) + (" or null" if self.optional else ""))
+        if not self.integer:
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+            if not math.isfinite(number):
+                raise self._bad(key, value, shown, self._expected(finite=True) + self._or_null)
+            value = number
         if (self.gt is not None and not value > self.gt) or (self.ge is not None and not value >= self.ge) \
                 or (self.le is not None and not value <= self.le):
             raise self._bad(key, value, shown)
-        return value if self.integer else float(value)
+        return value
 
 
 class Integer(Number):

@@ -12,16 +12,20 @@ A full or read-only disk costs scalars nothing: they wait and are written later.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
 import queue
-import shutil
+import socket
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
 from torchrt.contract import EventType
-from torchrt.coordinator.run_dir import WriteHealth
+from torchrt.coordinator.run_dir import AppendOnlyFile, WriteHealth
 
 logger = logging.getLogger(__name__)
 
@@ -81,19 +85,21 @@ def scalars_of(event: Event) -> list[tuple[str, float, int]]:
 class MetricsWriter:
     """Writes scalars of observed events to TensorBoard from a background thread.
 
-    A write that fails (disk full, read-only) is reported to ``health`` and the scalars stay
-    queued (the newest ``MAX_PENDING_SCALARS``); TensorBoard's own writer is unusable after an
-    error, so a new one (a new event file) is made once ``MIN_FREE_BYTES`` are free again,
-    checked every ``RETRY_S``. The thread itself never dies of a write error."""
+    The event file is framed with TensorBoard's own ``RecordWriter`` and ``Event`` protos
+    (``torch.utils.tensorboard.summary.scalar``) but written through an
+    :class:`~torchrt.coordinator.run_dir.AppendOnlyFile` rather than ``SummaryWriter``, whose
+    writer thread dies at the first failed write (with a traceback) and takes every later
+    scalar with it. Here a failed write (disk full, read-only) is reported to ``health``, the
+    records stay queued, and they are written, in order and whole, when the disk takes them
+    again: the next scalar, or a retry every ``RETRY_S`` while anything is queued."""
 
     RETRY_S = 1.0
-    MIN_FREE_BYTES = 1 << 20
-    MAX_PENDING_SCALARS = 100_000
 
     def __init__(self, run_dir: Path, health: WriteHealth | None = None) -> None:
         self.log_dir = Path(run_dir) / TENSORBOARD_DIR
         self.health = health or WriteHealth(Path(run_dir))
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._file: AppendOnlyFile | None = None
         self._thread = threading.Thread(target=self._run, name="torchrt-tensorboard", daemon=True)
         self._thread.start()
 
@@ -105,27 +111,24 @@ class MetricsWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        writer: Any = None
-        pending: deque[tuple[str, float, int, float | None]] = deque(maxlen=self.MAX_PENDING_SCALARS)
-        failing = False
         while True:
+            waiting = self._file is not None and self._file.unwritten
             try:
-                event = self._queue.get(timeout=self.RETRY_S if failing else None)
-            except queue.Empty:
-                event = {}  # time to try the pending scalars again
+                event = self._queue.get(timeout=self.RETRY_S if waiting else None)
+            except queue.Empty:  # time to try the queued records again
+                self._write(b"")
+                continue
             if event is None:
                 break
-            for event in self._drain(event):
-                pending.extend(self._scalars(event))
-            if pending and not (failing and self._still_full()):
-                writer, failing = self._write(writer, pending)
-        if pending and not failing:
-            writer, failing = self._write(writer, pending)
-        if writer is not None:
-            _close_quietly(writer)
+            records = b"".join(self._records(e) for e in self._batch(event))
+            if records:
+                self._write(records)
+        if self._file is not None:
+            self._write(b"")
+            self._file.close()
 
-    def _drain(self, first: Event) -> list[Event]:
-        """``first`` and whatever else is queued now (written as one batch, flushed once)."""
+    def _batch(self, first: Event) -> list[Event]:
+        """``first`` and whatever else is queued now (written with one system call)."""
         batch = [first]
         while len(batch) < 1000:
             try:
@@ -133,47 +136,58 @@ class MetricsWriter:
             except queue.Empty:
                 break
             if event is None:
-                self._queue.put(None)  # seen again by _run, after this batch is written
+                self._queue.put(None)  # seen again by _run, after this batch
                 break
             batch.append(event)
         return batch
 
-    @staticmethod
-    def _scalars(event: Event) -> list[tuple[str, float, int, float | None]]:
+    def _records(self, event: Event) -> bytes:
         try:
-            return [(tag, value, step, event.get("ts")) for tag, value, step in scalars_of(event)]
+            scalars = scalars_of(event)
         except (KeyError, TypeError, ValueError) as e:
             logger.debug("no scalars from malformed %s event: %s", event.get("type"), e)
-            return []
+            return b""
+        return b"".join(_record(_scalar_event(tag, value, step, event.get("ts"))) for tag, value, step in scalars)
 
-    def _still_full(self) -> bool:
-        try:
-            return shutil.disk_usage(self.log_dir.parent).free < self.MIN_FREE_BYTES
-        except OSError:
-            return True
-
-    def _write(self, writer: Any, pending: deque[tuple[str, float, int, float | None]]) -> tuple[Any, bool]:
-        """Write and flush ``pending``, emptied once flushed; (the writer to go on with, failing)."""
-        try:
-            if writer is None:
-                from torch.utils.tensorboard import SummaryWriter
-
-                writer = SummaryWriter(str(self.log_dir))
-            for tag, value, step, walltime in pending:
-                writer.add_scalar(tag, value, step, walltime=walltime)
-            writer.flush()
-        except OSError as e:
-            self.health.failed(TENSORBOARD_DIR, e)
-            if writer is not None:
-                _close_quietly(writer)
-            return None, True
-        pending.clear()
-        self.health.succeeded(TENSORBOARD_DIR)
-        return writer, False
+    def _write(self, records: bytes) -> None:
+        """Append ``records`` (``b""``: retry what is queued) and tell ``health`` how it went."""
+        if self._file is None:
+            if not records:
+                return
+            self._file = AppendOnlyFile(self.log_dir / _event_file_name())
+            records = _record(_file_version_event()) + records
+        with contextlib.suppress(OSError):  # if this fails, so does the write, which says why
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        error = self._file.write(records) if records else self._file.flush()
+        if error is None:
+            self.health.succeeded(TENSORBOARD_DIR)
+        else:
+            self.health.failed(TENSORBOARD_DIR, error)
 
 
-def _close_quietly(writer: Any) -> None:
-    try:
-        writer.close()
-    except OSError as e:
-        logger.debug("closing the TensorBoard writer: %s", e)
+def _event_file_name() -> str:
+    """Named as ``SummaryWriter`` names its files (TensorBoard reads any ``*tfevents*``)."""
+    return f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.0"
+
+
+def _record(event: Any) -> bytes:
+    """One TensorBoard record (length, CRCs, payload) for an ``Event`` proto."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    framed = io.BytesIO()
+    RecordWriter(framed).write(event.SerializeToString())
+    return framed.getvalue()
+
+
+def _file_version_event() -> Any:
+    from tensorboard.compat.proto.event_pb2 import Event as TensorBoardEvent
+
+    return TensorBoardEvent(wall_time=time.time(), file_version="brain.Event:2")
+
+
+def _scalar_event(tag: str, value: float, step: int, walltime: float | None) -> Any:
+    from tensorboard.compat.proto.event_pb2 import Event as TensorBoardEvent
+    from torch.utils.tensorboard.summary import scalar
+
+    return TensorBoardEvent(wall_time=time.time() if walltime is None else walltime, step=int(step),
+                            summary=scalar(tag, float(value)))

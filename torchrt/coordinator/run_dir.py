@@ -18,8 +18,8 @@ to a temporary file, fsync, rename) so a reader never sees half a file.
 The record must not stop the job. When the directory cannot be written (disk
 full, read-only, a file-size limit), :class:`EventLog` keeps the events that
 did not reach the file in memory, byte-exact (a line half written before the
-error is completed, never repeated), and writes them as soon as a write
-succeeds again; the other writers retry on their own. :class:`WriteHealth`
+error is completed, never repeated: :class:`AppendOnlyFile`), and writes them
+as soon as a write succeeds again; the other writers retry on their own. :class:`WriteHealth`
 joins their reports: one warning when the first write fails, and one summary
 (``on_recovered``, recorded as a ``run_dir_error`` event) when every writer
 that failed has written again.
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "COORDINATOR_FILE",
     "EVENTS_FILE",
+    "AppendOnlyFile",
     "STATE_FILE",
     "EventLog",
     "InvalidRunIdError",
@@ -256,27 +257,94 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+class AppendOnlyFile:
+    """A file that is only ever appended to, and whose writes never raise.
+
+    :meth:`write` returns the ``OSError`` that stopped it (None when everything is in the
+    file): what a failed write left unwritten, to the byte (a chunk may be cut by a full disk),
+    stays queued in order and goes first at the next :meth:`write` or :meth:`flush`, so the
+    file ends up as if nothing had failed. The file is opened (created) at the first write, so
+    a directory that cannot be written yet only queues. Beyond ``max_unwritten`` bytes the
+    oldest queued chunks are dropped whole (counted in :attr:`dropped`), never the first one,
+    part of which may be in the file already. Not thread-safe: its owner serialises calls.
+    """
+
+    def __init__(self, path: Path, max_unwritten: int = MAX_UNWRITTEN_BYTES) -> None:
+        self.path = Path(path)
+        self.max_unwritten = max_unwritten
+        self.dropped = 0
+        self._fd = -1
+        self._closed = False
+        self._unwritten: collections.deque[bytes] = collections.deque()
+        self._unwritten_bytes = 0
+        self._head_written = 0  # bytes of the first queued chunk already in the file
+
+    @property
+    def unwritten(self) -> int:
+        """Chunks not (completely) in the file yet."""
+        return len(self._unwritten)
+
+    def open(self) -> None:
+        """Open (create) the file now; raises ``OSError`` if it cannot be."""
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def write(self, data: bytes) -> OSError | None:
+        if self._closed:
+            raise ValueError(f"{self.path} is closed")
+        self._unwritten.append(data)
+        self._unwritten_bytes += len(data)
+        while self._unwritten_bytes > self.max_unwritten and len(self._unwritten) > 1:
+            self._unwritten_bytes -= len(self._unwritten[1])
+            del self._unwritten[1]
+            self.dropped += 1
+        return self.flush()
+
+    def flush(self) -> OSError | None:
+        """Write what is queued; the error that stopped it, if any."""
+        try:
+            if self._unwritten:
+                self.open()
+            while self._unwritten:
+                chunk = self._unwritten[0]
+                self._head_written += os.write(self._fd, memoryview(chunk)[self._head_written:])
+                if self._head_written == len(chunk):
+                    self._unwritten.popleft()
+                    self._unwritten_bytes -= len(chunk)
+                    self._head_written = 0
+        except OSError as e:
+            return e
+        return None
+
+    def close(self) -> None:
+        """Close the file (a last :meth:`flush` is the caller's to try)."""
+        self._closed = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._unwritten:
+            logger.error("%d chunks could not be written to %s", len(self._unwritten), self.path)
+
+
 class EventLog:
     """Append-only event log: a JSON-lines file, a ring of recent events, listeners.
 
-    A write that fails (:class:`WriteHealth` hears of it) leaves the unwritten bytes queued;
-    every later ``emit`` and every ``flush`` writes them first, in order."""
+    The file is an :class:`AppendOnlyFile`: a write that fails (:class:`WriteHealth` hears of
+    it) leaves the unwritten events queued, and every later ``emit`` and ``flush`` writes them
+    first, in order."""
 
     def __init__(self, run_dir: Path, keep_recent: int = 2000, health: WriteHealth | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.health = health or WriteHealth(self.run_dir)
-        self._path = self.run_dir / EVENTS_FILE
+        self._file = AppendOnlyFile(self.run_dir / EVENTS_FILE)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.previous = _previous_run(self.run_dir)
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._file.open()
         except OSError as e:
             raise RunDirError(f"run directory {self.run_dir} cannot be written: {e.strerror or e}") from e
         self._seq = self.previous.last_seq if self.previous else 0
-        self._unwritten: collections.deque[bytes] = collections.deque()
-        self._unwritten_bytes = 0
-        self._head_written = 0  # bytes of the first unwritten line already in the file
-        self._dropped = 0
+        self._sealed = False
         self._recent: collections.deque[Event] = collections.deque(maxlen=keep_recent)
         self._listeners: list[Callable[[Event], None]] = []
         self._lock = threading.Lock()
@@ -286,19 +354,17 @@ class EventLog:
         return self._seq
 
     def emit(self, type: str, **fields: Any) -> Event:
-        """Record one event now; returns it with its ``seq`` and ``ts``."""
+        """Record one event now; returns it with its ``seq`` and ``ts`` (none once sealed)."""
+        if self._sealed:
+            logger.debug("not recorded after the log was sealed: %s %s", type, fields)
+            return {"type": type, **fields}
         with self._lock:
             self._seq += 1
             event = {"seq": self._seq, "ts": round(time.time(), 6), "type": type, **fields}
-            error = None
-            if self._fd >= 0:
-                self._queue(json.dumps(event, default=str, separators=(",", ":")).encode("utf-8") + b"\n")
-                error = self._write_unwritten()
-            else:
-                logger.debug("event %s after the event log was closed is not written", type)
+            error = self._file.write(json.dumps(event, default=str, separators=(",", ":")).encode("utf-8") + b"\n")
             self._recent.append(event)
             listeners = list(self._listeners)
-        self._report(error)
+        self._report(error)  # outside the lock: a recovery is recorded as an event
         for listener in listeners:
             try:
                 listener(event)
@@ -308,17 +374,21 @@ class EventLog:
 
     def flush(self) -> bool:
         """Try again to write what a failed write left in memory; True when nothing is left."""
-        if not self._unwritten or self._fd < 0:
-            return not self._unwritten
+        if not self._file.unwritten:
+            return True
         with self._lock:
-            error = self._write_unwritten()
+            error = self._file.flush()
         self._report(error)
         return error is None
+
+    def seal(self) -> None:
+        """Record nothing more: what follows a coordinator's ``shutdown`` is its own doing."""
+        self._sealed = True
 
     def take_dropped(self) -> int:
         """Events dropped from memory (never written) since the last call."""
         with self._lock:
-            dropped, self._dropped = self._dropped, 0
+            dropped, self._file.dropped = self._file.dropped, 0
         return dropped
 
     def recent(self, limit: int = 50, type_prefix: str | None = None) -> list[Event]:
@@ -334,38 +404,9 @@ class EventLog:
 
     def close(self) -> None:
         self.flush()
+        self._sealed = True
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-            if self._unwritten:
-                logger.error("%d events could not be written to %s", len(self._unwritten), self._path)
-
-    # ------------------------------------------------------------- writing
-    def _queue(self, line: bytes) -> None:
-        self._unwritten.append(line)
-        self._unwritten_bytes += len(line)
-        while self._unwritten_bytes > MAX_UNWRITTEN_BYTES and len(self._unwritten) > 1:
-            # keep the first line: part of it may be in the file already
-            dropped = self._unwritten[1]
-            del self._unwritten[1]
-            self._unwritten_bytes -= len(dropped)
-            self._dropped += 1
-
-    def _write_unwritten(self) -> OSError | None:
-        """Write queued lines in order (under the lock); the error that stopped it, if any."""
-        while self._unwritten:
-            line = self._unwritten[0]
-            try:
-                written = os.write(self._fd, memoryview(line)[self._head_written:])
-            except OSError as e:
-                return e
-            self._head_written += written
-            if self._head_written == len(line):
-                self._unwritten.popleft()
-                self._unwritten_bytes -= len(line)
-                self._head_written = 0
-        return None
+            self._file.close()
 
     def _report(self, error: OSError | None) -> None:
         if error is None:

@@ -58,6 +58,7 @@ from torchrt.protocol import Message, decode, encode
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096  # a thousand nodes may dial at once
+SHUTDOWN_GRACE_S = 1.0  # how long shutdown waits for the connections it closed to finish
 # The events the contract marks as not logged (frequent and only interesting live: sample thumbnails,
 # user metrics) are folded into state or TensorBoard and pushed to subscribers as the kind given here.
 _LIVE_PUSH = {EventType.DATA_PREVIEW: Push.PREVIEW, EventType.METRIC: Push.METRIC}
@@ -267,12 +268,21 @@ class Coordinator:
             return
         self._shutting_down = True
         self.events.emit(EventType.SHUTDOWN, reason=reason)
+        self.events.seal()  # the connections it closes now are not news: shutdown is the last event
         self._write_state(force=True)
         self.events.flush()
         self._tick_task.cancel()
         self._server.close()
         for peer in list(self._peers):
             peer.writer.close()
+        # Let the connections' tasks see their end, so none is left pending when the loop closes.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if others:
+            _, pending = await asyncio.wait(others, timeout=SHUTDOWN_GRACE_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=SHUTDOWN_GRACE_S)
         self._stopped.set()
         asyncio.get_running_loop().call_soon(asyncio.get_running_loop().stop)
 

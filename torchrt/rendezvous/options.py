@@ -35,7 +35,7 @@ from typing import Any
 
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 
-from torchrt.contract import JOB_DEFAULTS
+from torchrt.contract import JOB_DEFAULTS, Env
 from torchrt.errors import FieldError, RendezvousConfigError
 from torchrt.tokens import resolve_token
 from torchrt.validation import Boolean, Check, Choice, Endpoint, Integer, Number, Text, check_fields, checks_of, setting
@@ -126,7 +126,7 @@ class RendezvousOptions:
 
         if self.run_dir:
             return Path(self.run_dir)
-        return Path(os.environ.get("TORCHRT_RUNS_DIR", "torchrt_runs")) / check_run_id(run_id, key="--rdzv-id")
+        return Path(os.environ.get(Env.RUNS_DIR, "torchrt_runs")) / check_run_id(run_id, key="--rdzv-id")
 
     def job(self, min_nodes: int, max_nodes: int) -> dict[str, object]:
         """The job description a node sends with its hello (the first one configures the job)."""
