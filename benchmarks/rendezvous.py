@@ -44,6 +44,15 @@ scale_s
     (when it completed the round, from its events.jsonl). The full run also
     times c10d at a small N (``scale_s_c10d``), node 0 hosting its store.
 
+attack_formation_s
+    Formation of a 4-node job (as ``formation_s``: one forked process per node, latest return -
+    latest call) against a standalone coordinator, once calm and once while ``_attack.py`` hits
+    its control port with 1,000 idle connections (reopened as soon as the coordinator closes
+    them) and 100 junk clients (a line that is not JSON, a 100 KiB line, hellos of a wrong
+    version or role, over and over). Calm and attacked trials alternate; the figure is the
+    ratio of their medians (``ratios.attack_slowdown``), ``attack_detail`` has the attacker's
+    counts and the size of the coordinator's log.
+
 Subprocesses run in sessions of their own and are killed as whole trees in
 ``finally`` blocks; fork children are killed if still alive after each trial.
 """
@@ -73,6 +82,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from _attack import attack
 from _common import free_port, log, machine, write_results
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
@@ -82,7 +92,8 @@ REPO = HERE.parent
 RECOVERY_WORKER = HERE / "_recovery_worker.py"
 BARRIER_WORKER = HERE / "_barrier_worker.py"
 BACKENDS = ("torchrt", "c10d")
-SECTIONS = ("formation", "recovery", "barrier", "scale")
+SECTIONS = ("formation", "recovery", "barrier", "scale", "attack")
+ATTACK_IDLE, ATTACK_JUNK, ATTACK_NODES = 1000, 100, 4
 MP = mp.get_context("fork")  # the parent holds no threads when it forks; children start in ms
 
 Json = dict[str, Any]
@@ -651,6 +662,73 @@ def measure_scale(profile: Profile, tmp: Path) -> Json:
     return out
 
 
+# ------------------------------------------------------------------ formation under attack
+@contextlib.contextmanager
+def attacking(endpoint: str) -> Iterator[Json]:
+    """``_attack.attack`` in a forked process while the block runs; the yielded dict gets its counts."""
+    ready, stop, out = MP.Event(), MP.Event(), MP.Queue()
+    proc = MP.Process(target=attack, args=(endpoint, ATTACK_IDLE, ATTACK_JUNK, ready, stop, out), daemon=True)
+    proc.start()
+    counts: Json = {}
+    try:
+        if not ready.wait(60):
+            raise RuntimeError("the attack did not get going within 60 s")
+        yield counts
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            counts.update(out.get(timeout=30))
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+def attack_trial(attacked: bool, tmp: Path) -> tuple[float, Json]:
+    """Formation seconds of ``ATTACK_NODES`` nodes against a standalone coordinator, under attack or
+    calm, and what the attacker did (raises RuntimeError on a bad round)."""
+    run_id = fresh_run_id("attacked" if attacked else "calm")
+    endpoint, work = fresh_endpoint(), tmp / run_id
+    work.mkdir()
+    groups = [NodeGroup("torchrt", endpoint, run_id, ATTACK_NODES, (i,), None, str(work / "run"))
+              for i in range(ATTACK_NODES)]
+    counts: Json = {}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(standalone_coordinator(endpoint, work / "run", work / "coordinator.log"))
+        if attacked:
+            counts = stack.enter_context(attacking(endpoint))
+        run = run_nodes(groups, timeout=120)
+    detail = {**counts, "coordinator_log_bytes": (work / "coordinator.log").stat().st_size}
+    problem = round_problem(run, ATTACK_NODES)
+    if problem:
+        raise RuntimeError(f"{problem}; {detail}")
+    return max(r["ret"] for r in run.records) - max(r["call"] for r in run.records), detail
+
+
+def measure_attack(profile: Profile, tmp: Path) -> Json:
+    samples: dict[str, list[float]] = {"calm": [], "attacked": []}
+    details: list[Json] = []
+    failures: list[str] = []
+    for trial in range(1, profile.formation_trials + 1):
+        for attacked in (False, True):  # alternating, so both see the same noise
+            kind = "attacked" if attacked else "calm"
+            try:
+                seconds, detail = attack_trial(attacked, tmp)
+            except RuntimeError as e:
+                failures.append(f"trial {trial} {kind}: {e}")
+                log(f"attack trial {trial} {kind:8}: FAILED {e}")
+                continue
+            samples[kind].append(seconds)
+            if attacked:
+                details.append(detail)
+            log(f"attack trial {trial} {kind:8}: {seconds:.3f} s {detail if attacked else ''}")
+    out: Json = {"attack_formation_s": {k: median(v) for k, v in samples.items()},
+                 "attack_formation_trials_s": samples, "attack_detail": details}
+    if failures:
+        out["attack_failures"] = failures
+    return out
+
+
 # ------------------------------------------------------------------ report
 def ratios(results: Json) -> Json:
     """How many times faster torchrt is than its peer (peer / torchrt), per measure."""
@@ -668,6 +746,9 @@ def ratios(results: Json) -> Json:
     if bar:
         out["barrier_p50"] = {w: ratio(bar["gloo"][w]["p50"], v["p50"]) for w, v in bar["torchrt"].items()}
         out["barrier_p99"] = {w: ratio(bar["gloo"][w]["p99"], v["p99"]) for w, v in bar["torchrt"].items()}
+    attacked = results.get("attack_formation_s")
+    if attacked:
+        out["attack_slowdown"] = ratio(attacked["attacked"], attacked["calm"])  # attacked / calm
     return out
 
 
@@ -692,6 +773,8 @@ def goals(results: Json) -> Json:
         out["scale_1024_le_5s"] = scale is not None and scale <= 5  # every simulated node returned
         formed = results.get("scale_detail", {}).get("torchrt-1024", {}).get("round_completed_at_coordinator_s")
         out["scale_1024_round_completed_le_5s"] = formed is not None and formed <= 5
+    if "attack_slowdown" in x:
+        out["attack_formation_le_1_5x_calm"] = x["attack_slowdown"] is not None and x["attack_slowdown"] <= 1.5
     return out
 
 
@@ -723,6 +806,9 @@ def table(results: Json) -> str:
         add("  round complete at coordinator", formed, None, "s")
     for n, peer in results.get("scale_s_c10d", {}).items():
         add(f"scale N={n} (c10d)", None, peer, "s")
+    if "attack_formation_s" in results:
+        add(f"formation N={ATTACK_NODES}, {ATTACK_IDLE:,} idle + {ATTACK_JUNK} junk (calm)",
+            results["attack_formation_s"]["attacked"], results["attack_formation_s"]["calm"], "s")
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -744,7 +830,7 @@ def meta(profile: Profile, args: argparse.Namespace) -> Json:
 
 MEASUREMENTS: dict[str, Callable[[Profile, Path], Json]] = {
     "formation": measure_formation, "recovery": measure_recovery,
-    "barrier": measure_barrier, "scale": measure_scale,
+    "barrier": measure_barrier, "scale": measure_scale, "attack": measure_attack,
 }
 
 

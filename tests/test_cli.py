@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,76 @@ def test_standalone_coordinator_status_and_clean_stop(tmp_path):
         assert proc.wait(30) == 0
     assert [e["type"] for e in events(run_dir)][-1] == "shutdown"
     assert json.loads((run_dir / "coordinator.json").read_text())["port"] == port
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["coordinator", "--bind", "127.0.0.1:abc"], "argument --bind: bad endpoint '127.0.0.1:abc'"),
+    (["coordinator", "--bind", "::1:29400"], "needs brackets"),
+    (["coordinator", "--bind", "127.0.0.1:70000"], "out of range"),
+    (["coordinator", "--owner-pid", "me"], "argument --owner-pid: expected a process id"),
+    (["coordinator", "--run-id", ""], "argument --run-id: expected a non-empty name"),
+    (["coordinator", "--token-file", "/nonexistent/token"], "token file /nonexistent/token: cannot be read"),
+    (["status", "--endpoint", "host:port"], "argument --endpoint"),
+    (["status", "--events", "many"], "argument --events: invalid int value"),
+    (["--log-level", "loud", "status"], "argument --log-level: expected one of DEBUG"),
+    (["coordinator", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["launch"], "argument command: invalid choice: 'launch'"),
+    (["run"], "the following arguments are required: config"),
+])
+def test_cli_mistakes_are_one_line_errors(argv, says):
+    result = torchrt(*argv, timeout=60)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torchrt: ") and says in lines[0], result.stderr
+
+
+def test_coordinator_reads_its_token_from_a_file(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s\u00e9cret-\u2603\n")  # Unicode, with the newline an editor adds
+    port = free_port()
+    proc = subprocess.Popen([*TORCHRT, "coordinator", "--bind", f"127.0.0.1:{port}", "--run-dir",
+                             str(tmp_path / "run"), "--token-file", str(token_file)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert "listening on" in proc.stdout.readline()
+        assert "--token-file" not in " ".join(sys.argv) and "s\u00e9cret" not in " ".join(proc.args)
+        ok = torchrt("status", "--endpoint", f"127.0.0.1:{port}", "--token-file", str(token_file))
+        assert ok.returncode == 0, ok.stderr
+        refused = torchrt("status", "--endpoint", f"127.0.0.1:{port}", env={"TORCHRT_TOKEN": "wrong"})
+        assert refused.returncode == 1 and "token" in refused.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def _torchrun_flags(text: str) -> set[str]:
+    """Every torchrun option the text uses: on `torchrun ...` command lines (with their
+    continuation lines) and wherever a `--rdzv-*` flag is named."""
+    flags: set[str] = set(re.findall(r"(--rdzv[-_][a-z_-]+)", text))
+    command: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("torchrun ") or (command and command[-1].endswith("\\")):
+            command.append(stripped)
+        elif command:
+            flags |= {f.split("=")[0] for f in " ".join(command).split() if f.startswith("--")}
+            command = []
+    return flags
+
+
+def test_readme_uses_only_flags_torchrun_accepts():
+    from torch.distributed.run import get_args_parser
+
+    accepted = {s for action in get_args_parser()._actions for s in action.option_strings}
+    used = _torchrun_flags((REPO / "README.md").read_text())
+    assert {"--rdzv-backend", "--rdzv-endpoint", "--nnodes"} <= used, used  # the quick start is read
+    assert used <= accepted, f"torchrun {torch_version()} rejects {sorted(used - accepted)}"
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def test_run_rejects_bad_config_with_exit_2(tmp_path):

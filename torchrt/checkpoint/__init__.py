@@ -26,30 +26,31 @@ StorageReader), :mod:`~.manager` (the API), :mod:`~.spec` (YAML section).
 See docs/checkpoint.md.
 """
 
-from torchrt.checkpoint.errors import (CheckpointConfigError, CheckpointError, CheckpointFailedError,
-                                       CorruptCheckpointError, NoValidCheckpointError, StagingError,
-                                       StateMismatchError)
-from torchrt.checkpoint.manager import CheckpointManager, SaveHandle, SaveStatus
-from torchrt.checkpoint.reader import CheckpointReader
-from torchrt.checkpoint.restore import RestoreResult
-from torchrt.checkpoint.rng import RNGState
-from torchrt.checkpoint.spec import CheckpointSpec
-from torchrt.checkpoint.state import Stateful
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointConfigError",
-    "CheckpointError",
-    "CheckpointFailedError",
-    "CheckpointManager",
-    "CheckpointReader",
-    "CheckpointSpec",
-    "CorruptCheckpointError",
-    "NoValidCheckpointError",
-    "RNGState",
-    "RestoreResult",
-    "SaveHandle",
-    "SaveStatus",
-    "StagingError",
-    "StateMismatchError",
-    "Stateful",
-]
+import importlib
+from typing import Any
+
+# Names are imported lazily, so the coordinator's view (torchrt.checkpoint.fold) does not pull in
+# DTensor and the writers.
+_EXPORTS = {
+    "CheckpointConfigError": "errors", "CheckpointError": "errors", "CheckpointFailedError": "errors",
+    "CorruptCheckpointError": "errors", "NoValidCheckpointError": "errors", "StagingError": "errors",
+    "StateMismatchError": "errors",
+    "CheckpointManager": "manager", "SaveHandle": "manager", "SaveStatus": "manager",
+    "CheckpointReader": "reader", "RestoreResult": "restore", "RNGState": "rng", "CheckpointSpec": "spec",
+    "Stateful": "state",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'torchrt.checkpoint' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"torchrt.checkpoint.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -13,16 +13,20 @@ and held on a short leash (:class:`AdmissionLimits`):
   The ``StreamReader`` is made with the small limit, so a pending connection has at most about
   twice that buffered before asyncio stops reading it; longer lines of an admitted connection
   are gathered piece by piece (:func:`read_line`, public ``StreamReader`` API only).
-* **Cap.** At most ``max_pending`` (512) connections are pending at once. At the cap, the
-  *oldest* pending connection is closed to make room for a new one once it has waited
-  ``evict_after_s`` (0.25 s); until then accepting pauses and newcomers wait in the kernel's
-  listen backlog, which costs the coordinator no descriptor. Closing the oldest rather than the
-  newest is deliberate: with "beyond the cap, close the newcomer", whoever keeps the slots full
-  locks every real node out, and a node whose connection is closed before its hello is answered
-  fails its agent. A real node says its hello within milliseconds of being accepted, far below
-  ``evict_after_s``, so it is never the oldest; and a node waiting in the backlog behind junk is
-  accepted at least ``max_pending`` per ``evict_after_s``. The age rule also keeps a burst of a
-  thousand real nodes dialling at once (their hellos not read yet) from evicting each other.
+* **Cap.** At most ``max_pending`` connections are pending at once: by default 1,024 (a
+  thousand nodes may dial at once, and each is pending until its hello is read), but never more
+  than half the soft open-file limit, so that pending connections alone cannot take every
+  descriptor (512 under ``ulimit -n 1024``). At the cap a newcomer is taken in place of a
+  *victim*: the oldest pending connection that has sent nothing at all for
+  ``evict_silent_after_s`` (20 ms; "nothing" is checked in the kernel with ``MSG_PEEK``, not
+  only in what the loop has read), or else the oldest one pending for ``evict_after_s`` (1 s, a
+  line that is still not complete). With no victim, accepting pauses and newcomers wait in the
+  kernel's listen backlog, which costs the coordinator no descriptor.
+  Closing the oldest rather than the newcomer is deliberate: with "beyond the cap, close the
+  newcomer", whoever keeps the slots full locks every real node out, and a node whose connection
+  closes before its hello is answered fails its agent. A real node sends its hello as soon as it
+  is connected, so it is neither silent nor the oldest; idle connections are. And a burst of real
+  nodes beyond the cap (hellos sent, not read yet) is never evicted: it waits in the backlog.
 
 **Our own accept loop, not** ``asyncio.start_server``. On a full file table (``EMFILE``) Python's
 selector loop reports the error through the loop's exception handler *for every entry of its
@@ -31,8 +35,8 @@ accept batch* (``backlog`` of them, 4,096 here) and schedules as many retries: m
 and the job locked out because nothing ever freed a descriptor. A rate-limiting exception
 handler would only hide the spinning. :class:`Admission` accepts itself (``loop.sock_accept``,
 then a short synchronous drain of what is already queued), and on ``EMFILE``, ``ENFILE``,
-``ENOBUFS`` or ``ENOMEM`` closes the oldest pending connection that has waited
-``evict_after_s`` (freeing a descriptor for a real node), backs off (10 ms doubling to 1 s, reset
+``ENOBUFS`` or ``ENOMEM`` lowers the cap to what was pending less ``FD_HEADROOM`` (64
+descriptors stay free for files, the store and real nodes) and closes victims down to it, backs off (10 ms doubling to 1 s, reset
 by the next success) and warns at most once per ``warn_interval_s`` with what was suppressed.
 The deadline frees the rest. Owning the loop also lets the cap act before a connection costs
 a transport.
@@ -66,6 +70,8 @@ logger = logging.getLogger(__name__)
 
 ACCEPT_BACKOFF_S = (0.01, 1.0)  # first and longest wait after an accept that failed
 ACCEPT_BURST = 64  # connections accepted back to back before the loop serves the others
+DEFAULT_MAX_PENDING = 1024  # a thousand nodes may dial at once, each pending until its hello is read
+FD_HEADROOM = 64  # descriptors kept free for files and the store once the limit was hit
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
@@ -76,23 +82,36 @@ class AdmissionLimits:
     hello_timeout_s: float = 5.0
     hello_line_bytes: int = HELLO_LINE_BYTES
     line_bytes: int = MAX_LINE_BYTES
-    max_pending: int = 512
-    evict_after_s: float = 0.25
+    max_pending: int | None = None  # None: DEFAULT_MAX_PENDING, at most half the soft open-file limit
+    evict_silent_after_s: float = 0.02
+    evict_after_s: float = 1.0
     max_output_bytes: int = 8 * 1024 * 1024
     warn_interval_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("hello_timeout_s", "evict_after_s", "warn_interval_s"):
+        for name in ("hello_timeout_s", "warn_interval_s", "evict_silent_after_s", "evict_after_s"):
             value = getattr(self, name)
-            minimum, what = (0.0, ">= 0") if name == "evict_after_s" else (math.ulp(0.0), "> 0")
-            if not _is_number(value) or not math.isfinite(value) or value < minimum:
-                raise _bad(name, f"a finite number {what}", value)
+            positive = name in ("hello_timeout_s", "warn_interval_s")
+            if not _is_number(value) or not math.isfinite(value) or value < 0 or (positive and value == 0):
+                raise _bad(name, f"a finite number {'> 0' if positive else '>= 0'}", value)
         for name in ("hello_line_bytes", "line_bytes", "max_pending", "max_output_bytes"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if (value is not None or name != "max_pending") and \
+                    (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise _bad(name, "an integer >= 1", value)
         if self.hello_line_bytes > self.line_bytes:
             raise _bad("hello_line_bytes", f"an integer <= line_bytes ({self.line_bytes})", self.hello_line_bytes)
+        if self.evict_silent_after_s > self.evict_after_s:
+            raise _bad("evict_silent_after_s", f"a number <= evict_after_s ({self.evict_after_s:g})",
+                       self.evict_silent_after_s)
+
+    def pending_cap(self) -> int:
+        """``max_pending``, or by default 1,024 but at most half the soft open-file limit, so that
+        connections without a hello cannot take every descriptor."""
+        if self.max_pending is not None:
+            return self.max_pending
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return DEFAULT_MAX_PENDING if soft == resource.RLIM_INFINITY else max(1, min(DEFAULT_MAX_PENDING, soft // 2))
 
 
 def _is_number(value: object) -> bool:
@@ -136,17 +155,23 @@ async def read_line(reader: asyncio.StreamReader, limit: int) -> bytes:
 class Connection:
     """One accepted control connection: its streams and where it stands with admission."""
 
-    __slots__ = ("reader", "writer", "peer", "accepted_at", "admitted", "_admission", "_timer")
+    __slots__ = ("sock", "peer", "accepted_at", "admitted", "heard", "reader", "writer", "_admission", "_timer",
+                 "_doomed")
 
-    def __init__(self, admission: Admission, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 accepted_at: float) -> None:
+    def __init__(self, admission: Admission, sock: socket.socket, accepted_at: float) -> None:
         self._admission = admission
-        self.reader = reader
-        self.writer = writer
-        self.peer = str(writer.get_extra_info("peername"))
+        self.sock = sock
+        try:
+            self.peer = str(sock.getpeername())
+        except OSError:
+            self.peer = "a peer that already left"
         self.accepted_at = accepted_at
         self.admitted = False
+        self.heard = False  # some bytes of it were read
+        self.reader: asyncio.StreamReader | None = None  # set once its streams are made
+        self.writer: asyncio.StreamWriter | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._doomed = False  # aborted before its streams were made
 
     @property
     def limits(self) -> AdmissionLimits:
@@ -154,6 +179,7 @@ class Connection:
 
     async def readline(self) -> bytes:
         """The next line, within the limit of where the connection stands (see :func:`read_line`)."""
+        assert self.reader is not None
         limits = self.limits
         return await read_line(self.reader, limits.line_bytes if self.admitted else limits.hello_line_bytes)
 
@@ -165,6 +191,7 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         """Queue ``data``; abort the connection once more than ``max_output_bytes`` wait unsent."""
+        assert self.writer is not None
         transport = self.writer.transport
         if transport.is_closing():
             return
@@ -175,11 +202,36 @@ class Connection:
                            "(%d bytes unsent, the limit is %d)", self.peer, unsent, self.limits.max_output_bytes)
             transport.abort()
 
+    def silent(self) -> bool:
+        """Nothing came from the peer yet: none read, none waiting in the kernel."""
+        if self.heard:
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""  # b"": it left
+        except BlockingIOError:
+            return True
+        except OSError:  # closed meanwhile
+            return True
+
     def abort(self, why: str) -> None:
         """Close at once, dropping whatever is unsent."""
-        if not self.writer.transport.is_closing():
-            logger.debug("closing the connection of %s: %s", self.peer, why)
+        logger.debug("closing the connection of %s: %s", self.peer, why)
+        if self.writer is None:
+            self._doomed = True
+        elif not self.writer.transport.is_closing():
             self.writer.transport.abort()
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """The stream protocol, noting that the peer sent something (:meth:`Connection.silent`)."""
+
+    def __init__(self, reader: asyncio.StreamReader, connection: Connection) -> None:
+        super().__init__(reader)
+        self._connection = connection
+
+    def data_received(self, data: bytes) -> None:
+        self._connection.heard = True
+        super().data_received(data)
 
 
 class Admission:
@@ -192,10 +244,10 @@ class Admission:
     def __init__(self, sock: socket.socket, serve: Callable[[Connection], Awaitable[None]],
                  limits: AdmissionLimits) -> None:
         self.limits = limits
+        self.cap = limits.pending_cap()
         self._sock = sock
         self._serve = serve
-        self._pending: collections.OrderedDict[Connection, None] = collections.OrderedDict()
-        self._accepting = 0  # accepted, streams not made yet: they count as pending
+        self._pending: collections.OrderedDict[Connection, None] = collections.OrderedDict()  # oldest first
         self._room = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0  # accept failures not warned about yet
@@ -205,7 +257,7 @@ class Admission:
     @property
     def pending(self) -> int:
         """Connections accepted that have not said a valid hello yet."""
-        return len(self._pending) + self._accepting
+        return len(self._pending)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sock.setblocking(False)
@@ -227,11 +279,11 @@ class Admission:
         loop = asyncio.get_running_loop()
         backoff = ACCEPT_BACKOFF_S[0]
         while True:
-            if self.pending >= self.limits.max_pending and not self._evict_oldest():
+            if not self._room_for_one():
                 await self._wait_for_room()
                 continue
             try:
-                accepted = [await loop.sock_accept(self._sock)]
+                sock, _ = await loop.sock_accept(self._sock)
             except ConnectionAbortedError:  # a peer gave up while queued
                 continue
             except OSError as e:
@@ -240,52 +292,76 @@ class Admission:
                 backoff = min(2 * backoff, ACCEPT_BACKOFF_S[1])
                 continue
             backoff = ACCEPT_BACKOFF_S[0]
-            while len(accepted) < ACCEPT_BURST and self.pending + len(accepted) < self.limits.max_pending:
-                try:  # what else is queued already, without a loop iteration each
-                    accepted.append(self._sock.accept())
+            self._take(sock, loop)
+            for _ in range(ACCEPT_BURST - 1):  # what else is queued already, without a loop iteration each
+                if not self._room_for_one():
+                    break
+                try:
+                    sock, _ = self._sock.accept()
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     break
                 except OSError as e:
                     self._accept_failed(e)
                     break
-            now = loop.time()
-            for conn, _ in accepted:
-                conn.setblocking(False)
-                self._accepting += 1
-                loop.create_task(self._connection(conn, now))
+                self._take(sock, loop)
             await asyncio.sleep(0)  # let the accepted connections say their hello
 
-    def _evict_oldest(self) -> bool:
-        """Close the oldest pending connection if it has waited ``evict_after_s``; did it?"""
-        oldest = next(iter(self._pending), None)
-        if oldest is None or asyncio.get_running_loop().time() - oldest.accepted_at < self.limits.evict_after_s:
-            return False
-        self._release(oldest)
-        oldest.abort(f"{self.limits.max_pending} connections are waiting for their hello; this was the oldest")
-        return True
+    def _room_for_one(self) -> bool:
+        return len(self._pending) < self.cap or self._victim() is not None
+
+    def _take(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        """Start serving an accepted socket, making room for it at the cap."""
+        if len(self._pending) >= self.cap:
+            self._evict(f"{self.cap} connections are waiting for their hello; this one longest")
+        sock.setblocking(False)
+        connection = Connection(self, sock, loop.time())
+        self._pending[connection] = None
+        connection._timer = loop.call_at(connection.accepted_at + self.limits.hello_timeout_s, connection.abort,
+                                         f"no valid hello within {self.limits.hello_timeout_s:g}s")
+        self.open_connections += 1
+        loop.create_task(self._connection(connection, loop))
+
+    def _victim(self) -> Connection | None:
+        """The pending connection to close for a newcomer: the oldest that sent nothing for
+        ``evict_silent_after_s``, or that has been pending ``evict_after_s``; None if none is."""
+        now = asyncio.get_running_loop().time()
+        for connection in self._pending:  # oldest first
+            age = now - connection.accepted_at
+            if age < self.limits.evict_silent_after_s:
+                return None
+            if age >= self.limits.evict_after_s or connection.silent():
+                return connection
+        return None
+
+    def _evict(self, why: str) -> None:
+        victim = self._victim()
+        if victim is not None:
+            self._release(victim)
+            victim.abort(why)
 
     async def _wait_for_room(self) -> None:
-        """Until a pending connection is gone or admitted, or the oldest may be evicted."""
-        oldest = next(iter(self._pending), None)
-        wait = self.limits.evict_after_s if oldest is None else \
-            oldest.accepted_at + self.limits.evict_after_s - asyncio.get_running_loop().time()
+        """Until a pending connection is admitted or gone, or ``evict_silent_after_s`` passed."""
         self._room.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._room.wait(), max(wait, 0.001))
+            await asyncio.wait_for(self._room.wait(), max(self.limits.evict_silent_after_s, 0.001))
 
     def _accept_failed(self, error: OSError) -> None:
-        """Make room if descriptors ran out, and warn at most once per ``warn_interval_s``."""
+        """If descriptors ran out: lower the cap to leave ``FD_HEADROOM`` of them free and close
+        victims down to it. Warn at most once per ``warn_interval_s``."""
         exhausted = error.errno in _OUT_OF_RESOURCES
         if exhausted:
-            self._evict_oldest()
+            self.cap = min(self.cap, max(1, len(self._pending) - FD_HEADROOM))
+            while len(self._pending) >= self.cap and self._victim() is not None:
+                self._evict("the coordinator is out of file descriptors; this one waited longest for its hello")
         self._failures += 1
         now = time.monotonic()
         if now - self._warned_at < self.limits.warn_interval_s:
             return
         soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         more = f"; {self._failures - 1} more failed accepts since the last warning" if self._failures > 1 else ""
-        hint = (f" (open-file limit {soft_limit}; raise it with `ulimit -n`, connections without a hello "
-                f"are closed after {self.limits.hello_timeout_s:g}s)") if exhausted else ""
+        hint = (f" (open-file limit {soft_limit}; raise it with `ulimit -n`; from now on at most {self.cap} "
+                f"connections may wait for their hello, each for {self.limits.hello_timeout_s:g}s)") \
+            if exhausted else ""
         logger.warning("the coordinator cannot accept connections: %s%s; %d open, %d without a hello; "
                        "retrying with back-off, next warning in %gs at the earliest%s", error, hint,
                        self.open_connections, self.pending, self.limits.warn_interval_s, more)
@@ -293,27 +369,24 @@ class Admission:
         self._failures = 0
 
     # ---------------------------------------------------------- connections
-    async def _connection(self, sock: socket.socket, accepted_at: float) -> None:
-        self.open_connections += 1
+    async def _connection(self, connection: Connection, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            try:
-                reader, writer = await asyncio.open_connection(sock=sock, limit=self.limits.hello_line_bytes)
-            finally:
-                self._accepting -= 1
-            connection = Connection(self, reader, writer, accepted_at)
-            self._pending[connection] = None
-            connection._timer = asyncio.get_running_loop().call_at(
-                accepted_at + self.limits.hello_timeout_s, connection.abort,
-                f"no valid hello within {self.limits.hello_timeout_s:g}s")
-            try:
+            reader = asyncio.StreamReader(limit=self.limits.hello_line_bytes)
+            protocol = _Protocol(reader, connection)
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, connection.sock)
+            connection.reader = reader
+            connection.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            if connection._doomed:  # evicted or out of time while its streams were made
+                transport.abort()
+            else:
                 await self._serve(connection)
-            finally:
-                self._release(connection)
-                writer.close()
         except OSError as e:  # the peer was gone before its streams were made
-            logger.debug("connection dropped while being accepted: %s", e)
-            sock.close()
+            logger.debug("connection of %s dropped while being accepted: %s", connection.peer, e)
+            connection.sock.close()
         finally:
+            self._release(connection)
+            if connection.writer is not None:
+                connection.writer.close()
             self.open_connections -= 1
 
     def _release(self, connection: Connection) -> None:

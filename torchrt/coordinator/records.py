@@ -1,8 +1,7 @@
 """Checkpoint records and metrics: what the coordinator derives from workers' telemetry.
 
-``CheckpointRecords`` folds the checkpoint events (see docs/checkpoint.md) into the
-job's checkpoint history for the state snapshot: committed checkpoints (newest last,
-the last ``keep`` of them), failures and skips, restores.
+``CheckpointRecords`` is :class:`torchrt.checkpoint.fold.CheckpointFold` (the checkpoint
+layer's own fold; imported here until the coordinator serves :mod:`torchrt.view`).
 
 ``MetricsWriter`` turns events into TensorBoard scalars under ``RUN_DIR/tensorboard``.
 It runs on a thread of its own (importing tensorboard takes a second or two, and
@@ -20,10 +19,10 @@ import queue
 import socket
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
+from torchrt.checkpoint.fold import CheckpointFold as CheckpointRecords  # noqa: F401 (the server's, for now)
 from torchrt.contract import EventType
 from torchrt.coordinator.run_dir import AppendOnlyFile, WriteHealth
 
@@ -31,33 +30,6 @@ logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 TENSORBOARD_DIR = "tensorboard"
-
-
-class CheckpointRecords:
-    """The job's checkpoints as the coordinator knows them."""
-
-    def __init__(self, keep: int = 50) -> None:
-        self.committed: deque[Event] = deque(maxlen=keep)
-        self.problems: deque[Event] = deque(maxlen=keep)
-        self.restored: deque[Event] = deque(maxlen=keep)
-
-    def apply(self, event: Event) -> bool:
-        kind = event.get("type")
-        fields = {k: v for k, v in event.items() if k != "type"}
-        if kind == EventType.CHECKPOINT_COMMITTED:
-            self.committed.append(fields)
-        elif kind in (EventType.CHECKPOINT_FAILED, EventType.CHECKPOINT_SKIPPED):
-            self.problems.append({"kind": kind.removeprefix("checkpoint_"), **fields})
-        elif kind == EventType.CHECKPOINT_RESTORED:
-            self.restored.append(fields)
-        else:
-            return False
-        return True
-
-    def view(self) -> dict[str, Any]:
-        latest = self.committed[-1] if self.committed else None
-        return {"latest_step": latest["step"] if latest else None, "committed": list(self.committed),
-                "problems": list(self.problems), "restored": list(self.restored)}
 
 
 def scalars_of(event: Event) -> list[tuple[str, float, int]]:

@@ -129,7 +129,16 @@ class RegistryFold:
     the job's ``epoch`` and ``position`` (the furthest reported), ``resumes``
     (``data_resumed`` events), and the last ``timing`` and ``preview`` per rank.
     Unknown or malformed events are ignored.
+
+    As a part of the job view (:mod:`torchrt.view`): ``snapshot()`` summarises each
+    dataset (bounded at any number of ranks, without the previews, which arrive only
+    live), ``rows("ranks")`` pages the per-rank detail, ``samples`` feeds the series
+    ``DATASET/samples_per_s`` and ``DATASET/wait_fraction``.
     """
+
+    name = "datasets"
+    types = frozenset(DATA_EVENTS)
+    row_kinds = ("ranks",)
 
     def __init__(self) -> None:
         self.view: dict[str, dict[str, Any]] = {}
@@ -173,6 +182,34 @@ class RegistryFold:
         else:
             record["preview"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
         return True
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {name: _summary(record) for name, record in self.view.items()}
+
+    def rows(self, kind: str) -> list[dict[str, Any]]:
+        return [{"dataset": name, "rank": rank, **entry, "timing": record["timing"].get(rank)}
+                for name, record in self.view.items() for rank, entry in sorted(record["ranks"].items())]
+
+    def samples(self, event: dict[str, Any]) -> list[tuple[str, str, float]]:
+        """``(dataset, measure, value)`` of a ``data_timing`` event."""
+        if event.get("type") != DATA_TIMING or not isinstance(event.get("dataset"), str):
+            return []
+        return [(event["dataset"], key, float(event[key])) for key in ("samples_per_s", "wait_fraction")
+                if isinstance(event.get(key), (int, float)) and not isinstance(event.get(key), bool)]
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's record with its per-rank parts summarised (see ``RegistryFold.snapshot``)."""
+    facts = {k: v for k, v in record.items() if k not in ("ranks", "timing", "preview", "resumes")}
+    timing = record["timing"].values()
+    rates = [t["samples_per_s"] for t in timing if isinstance(t.get("samples_per_s"), (int, float))]
+    waits = [t["wait_fraction"] for t in timing if isinstance(t.get("wait_fraction"), (int, float))]
+    return {**facts, "ranks": len(record["ranks"]),
+            "samples_in_epoch": sum(r["samples"].get(record["epoch"], 0) for r in record["ranks"].values()),
+            "resumes": len(record["resumes"]), "last_resume": record["resumes"][-1] if record["resumes"] else None,
+            "timing": {"ranks": len(record["timing"]), "samples_per_s": round(sum(rates), 3),
+                       "wait_fraction_max": max(waits, default=None),
+                       "wait_fraction_mean": round(sum(waits) / len(waits), 4) if waits else None}}
 
 
 def _advance(record: dict[str, Any], ranks: dict[str, Any], event: dict[str, Any], rewind: bool = False) -> None:

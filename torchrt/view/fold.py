@@ -9,7 +9,9 @@ feature's records) and changes it one event at a time::
     snapshot() -> JSON        plain JSON-able data, bounded whatever the job's size
 
 A *source* turns events into samples of metric series (``samples(event)``
-yields ``(series name, value)``); the view keeps the series (bounded, see
+yields ``(subject, measure, value)``: the subject a name users choose, such as a
+barrier's or a dataset's, the measure one fixed in code, such as ``p50_us``);
+the view keeps the series (bounded, see
 :mod:`torchrt.view.series`), so a fold never holds history itself. A fold that
 also has ``rows(kind)`` serves the long lists behind its snapshot a page at a
 time (:func:`page`): a snapshot summarises per-rank detail so that it stays
@@ -35,7 +37,7 @@ __all__ = ["Event", "Fold", "JSON", "Paged", "Sample", "Source", "ViewQueryError
 
 Event = dict[str, Any]
 JSON = Any
-Sample = tuple[str, float]
+Sample = tuple[str, str, float]  # (subject, measure, value)
 # Fields every logged event has; a fold's records leave out what the record itself implies.
 ENVELOPE = ("type", "seq", "ts")
 

@@ -2,17 +2,24 @@
 
 A barrier or a metric named after the step (``"step-123"``) must not create a
 series, a table row or a tag per step: one run that named a barrier per step
-gave 1,171 TensorBoard tags. Two rules keep every table of names bounded:
+gave 1,171 TensorBoard tags. Yet ``"gpu0"`` .. ``"gpu7"`` or ``"top1"`` and
+``"top5"`` are different things that only look alike. :class:`NameTable`
+keeps every table of names bounded with three rules:
 
-1. :func:`normalise` replaces what varies by nature with ``#``: every run of
-   digits, and every run of 8 or more hex digits that holds a digit (hashes,
-   uuids). ``"step-123"`` and ``"step-124"`` are both ``"step-#"``;
-   ``"gpu0/util"`` .. ``"gpu7/util"`` are ``"gpu#/util"``, whose series'
-   min/max/mean then show the spread over the GPUs. Names are cut at
+1. :func:`normalise` gives a name's *pattern*: every run of digits, and every
+   run of 8 or more hex digits that holds a digit (hashes, uuids), becomes
+   ``#`` (``"step-123"`` -> ``"step-#"``); names are cut at
    :data:`MAX_NAME_CHARS`.
-2. :class:`NameTable` holds at most ``cap`` normalised names; any further name
-   is folded into the one name :data:`OTHER` and counted (``folded``), with one
-   warning per table.
+2. The first :data:`VARIANTS` distinct names of a pattern keep their own name
+   (``gpu0`` .. ``gpu7``, ``top1``, ``top5``); any further name of that pattern
+   is kept under the pattern itself (``"step-#"``), whose series' min/max then
+   show the spread. A name that changes every step thus costs at most
+   ``VARIANTS + 1`` entries, never one per step.
+3. At most ``cap`` names in all; any further one is folded into :data:`OTHER`
+   and counted (``folded``), with one warning per table.
+
+The decisions depend only on the order names arrive in, so a table rebuilt
+from the same names (a replay) decides the same.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ import re
 
 from torchrt.errors import FieldError
 
-__all__ = ["MAX_NAME_CHARS", "NameTable", "OTHER", "normalise"]
+__all__ = ["MAX_NAME_CHARS", "NameTable", "OTHER", "VARIANTS", "normalise"]
 
 logger = logging.getLogger(__name__)
 
 OTHER = "other"
 MAX_NAME_CHARS = 120
+VARIANTS = 8
 _VARIABLE = re.compile(r"[0-9a-fA-F]{8,}|[0-9]+")
 
 
@@ -42,7 +50,7 @@ def _replace(match: re.Match[str]) -> str:
 
 
 class NameTable:
-    """At most ``cap`` distinct normalised names, in the order first seen, plus :data:`OTHER`."""
+    """At most ``cap`` names, in the order first seen, plus :data:`OTHER` (see the module docstring)."""
 
     def __init__(self, cap: int, what: str) -> None:
         if cap < 1:
@@ -51,25 +59,34 @@ class NameTable:
         self.what = what
         self.folded = 0  # names mapped to OTHER because the table was full
         self._names: dict[str, None] = {}  # insertion-ordered set
+        self._variants: dict[str, int] = {}  # pattern -> names of it kept as themselves
 
     def key(self, name: str) -> str:
-        """The name ``name`` is kept under: its normalised form, or :data:`OTHER` once the table is full."""
-        key = normalise(name)
-        if key in self._names:
-            return key
+        """The name ``name`` is kept under: itself, its pattern, or :data:`OTHER`."""
+        name = name[:MAX_NAME_CHARS]
+        if name in self._names:
+            return name
+        pattern = normalise(name)
+        if pattern in self._names:
+            return pattern
+        key = name if self._variants.get(pattern, 0) < VARIANTS else pattern
         if len(self._names) < self.cap:
-            self._names[key] = None
+            self.adopt(key)
             return key
         if not self.folded:
-            logger.warning("more than %d distinct %s (after normalising): %r and any further ones are "
-                           "kept as %r", self.cap, self.what, name, OTHER)
+            logger.warning("more than %d distinct %s: %r and any further ones are kept as %r",
+                           self.cap, self.what, name, OTHER)
         self.folded += 1
         return OTHER
 
     def adopt(self, key: str) -> None:
-        """Take ``key`` as already known (restoring a table in its original order)."""
-        if key != OTHER and key not in self._names and len(self._names) < self.cap:
-            self._names[key] = None
+        """Take ``key`` as known (also when restoring a table in its original order)."""
+        if key in self._names or len(self._names) >= self.cap:
+            return
+        self._names[key] = None
+        pattern = normalise(key)
+        if pattern != key:
+            self._variants[pattern] = self._variants.get(pattern, 0) + 1
 
     def __len__(self) -> int:
         return len(self._names)

@@ -2,8 +2,9 @@
 
 The fold follows :class:`~torchrt.coordinator.membership.Membership` from its
 events alone (``node_joined`` .. ``rendezvous_closed``, see docs/events.md),
-so it knows the same node states (idle, waiting, active, left, dead) without
-the coordinator's objects, live or replayed. On top of that it keeps what a
+so it knows the same node states (idle, waiting, active, left, dead) and the
+same rank and round per node (a node keeps those of its last round while it
+waits or after it died) without the coordinator's objects, live or replayed. On top of that it keeps what a
 person asks when a round does not form: which round is pending and why, who
 is waiting, who of the current round is *missing* (live participants that
 have not asked to rejoin), the restarts that caused it and the nodes that
@@ -52,7 +53,7 @@ class RendezvousFold:
         self.rounds_total = 0
         self.current: dict[str, Any] | None = None
         self.pending: dict[str, Any] | None = None
-        self.causes: list[dict[str, Any]] = []  # restarts heard before the round they lead to
+        self.causes: list[dict[str, Any]] = []  # restarts heard before the round they lead to is started
         self.closed_by: str | None = None
         self.closed = False
         self.shape: dict[str, Any] = {}
@@ -96,8 +97,6 @@ class RendezvousFold:
             self.waiting[node["node_id"]] = None
         else:
             self.waiting.pop(node["node_id"], None)
-        if status is not NodeStatus.ACTIVE:
-            node["rank"] = node["round"] = None
 
     def _joined(self, event: Event) -> bool:
         node = self._node(event)
@@ -105,7 +104,7 @@ class RendezvousFold:
             return False
         node.update({k: event[k] for k in NODE_INFO if k in event})
         node["joins"] += 1
-        node["dropped_from"] = None
+        node["rank"] = node["round"] = node["dropped_from"] = None
         self._set(node, NodeStatus.IDLE, event)
         return True
 
@@ -144,8 +143,9 @@ class RendezvousFold:
     def _restart(self, event: Event) -> bool:
         if not isinstance(event.get("node"), str):
             return False
-        if len(self.causes) < LISTED:
-            self.causes.append({k: event.get(k) for k in ("ts", "node", "round", "reason")})
+        causes = self.pending["causes"] if self.pending is not None else self.causes
+        if len(causes) < LISTED:
+            causes.append({k: event.get(k) for k in ("ts", "node", "round", "reason")})
         return True
 
     def _round_started(self, event: Event) -> bool:
@@ -177,7 +177,7 @@ class RendezvousFold:
             node = self._node({"node": node_id, "ts": event.get("ts")})
             assert node is not None
             self._set(node, NodeStatus.IDLE, event, "dropped")
-            node["dropped_from"] = number
+            node["rank"], node["round"], node["dropped_from"] = None, None, number
         self.current, self.pending = record, None
         self.rounds.append(record)
         self.rounds_total += 1

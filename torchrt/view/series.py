@@ -22,11 +22,16 @@ Memory bound, per series: :data:`POINTS_PER_SERIES` points (900 + 1,080 +
 1,440 + 1,008 = 4,428) of :data:`POINT_BYTES` (48) bytes each, in ``array('d')``
 storage that grows to at most 1/16 over what it holds, plus the open buckets
 and object headers: at most :data:`SERIES_MAX_BYTES` (230,000) bytes, whether
-the run lasts a minute or a year. A :class:`SeriesBook` holds at most
-``cap + 1`` series per fold (:class:`~torchrt.view.names.NameTable`: names
-normalised, the rest folded into ``other``), so its bound is
-``folds x (cap + 1) x SERIES_MAX_BYTES`` (default cap 64: 15 MB per fold with
-every series full; a week-long run with 20 series holds 4.6 MB).
+the run lasts a minute or a year.
+
+A series is named by a *subject* (a barrier, a dataset, a user metric: names
+that users choose) and a *measure* fixed in code (``p50_us``, ``samples_per_s``;
+``""`` for a user metric). Subjects go through a part's
+:class:`~torchrt.view.names.NameTable` (at most ``cap`` of them plus ``other``;
+a name that changes every step costs at most 9), measures are a handful per
+part, so a part's bound is ``(cap + 1) x measures x SERIES_MAX_BYTES``: with
+the default cap of 64 and the barriers' 2 measures, 30 MB once every series is
+a week full; a week-long run with 20 series holds 4.6 MB.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from torchrt.view.fold import JSON, ViewQueryError
 from torchrt.view.names import NameTable
 
 __all__ = ["DEFAULT_CAP", "LEVELS", "Level", "POINTS_PER_SERIES", "POINT_BYTES", "Point", "SERIES_MAX_BYTES",
-           "Series", "SeriesBook", "SeriesSet"]
+           "Series", "SeriesBook", "SeriesSet", "series_name"]
 
 Point = list[float]  # [t, count, min, max, sum, last]
 STRIDE = 6
@@ -227,79 +232,86 @@ class Series:
         self.unsaved = 0
 
 
+def series_name(subject: str, measure: str) -> str:
+    """How a series is shown: ``SUBJECT/MEASURE`` (``SUBJECT`` alone for a measure of "")."""
+    return f"{subject}/{measure}" if measure else subject
+
+
 class SeriesSet:
-    """One fold's series, under names bounded by a :class:`NameTable`."""
+    """One part's series, keyed by (subject, measure); subjects bounded by a :class:`NameTable`."""
 
-    def __init__(self, fold: str, cap: int = DEFAULT_CAP) -> None:
-        self.names = NameTable(cap, f"series of {fold!r}")
-        self.series: dict[str, Series] = {}
+    def __init__(self, part: str, cap: int = DEFAULT_CAP) -> None:
+        self.names = NameTable(cap, f"series subjects of {part!r}")
+        self.series: dict[tuple[str, str], Series] = {}
 
-    def add(self, name: str, t: float, value: float) -> None:
-        self.get(self.names.key(name)).add(t, value)
+    def add(self, subject: str, measure: str, t: float, value: float) -> None:
+        self.get(self.names.key(subject), measure).add(t, value)
 
-    def get(self, key: str) -> Series:
-        """The series kept under ``key`` (created when new; ``key`` is a table key already)."""
-        series = self.series.get(key)
+    def get(self, subject: str, measure: str) -> Series:
+        """The series of ``subject`` (a table key already) and ``measure``, created when new."""
+        series = self.series.get((subject, measure))
         if series is None:
-            self.names.adopt(key)
-            series = self.series[key] = Series()
+            self.names.adopt(subject)
+            series = self.series[(subject, measure)] = Series()
         return series
 
 
 class SeriesBook:
-    """Every fold's series: what the view keeps of metrics over time."""
+    """Every part's series: what the view keeps of metrics over time."""
 
     def __init__(self, cap: int = DEFAULT_CAP) -> None:
         self.cap = cap
         self.sets: dict[str, SeriesSet] = {}
 
-    def set(self, fold: str) -> SeriesSet:
-        found = self.sets.get(fold)
+    def set(self, part: str) -> SeriesSet:
+        found = self.sets.get(part)
         if found is None:
-            found = self.sets[fold] = SeriesSet(fold, self.cap)
+            found = self.sets[part] = SeriesSet(part, self.cap)
         return found
 
-    def add(self, fold: str, name: str, t: float, value: float) -> None:
-        self.set(fold).add(name, t, value)
+    def add(self, part: str, subject: str, measure: str, t: float, value: float) -> None:
+        self.set(part).add(subject, measure, t, value)
 
     def close_before(self, t: float) -> None:
-        for _, _, series in self.each():
+        for _, _, _, series in self.each():
             series.close_before(t)
 
-    def each(self) -> Iterator[tuple[str, str, Series]]:
-        for fold, found in self.sets.items():
-            for name, series in found.series.items():
-                yield fold, name, series
+    def each(self) -> Iterator[tuple[str, str, str, Series]]:
+        for part, found in self.sets.items():
+            for (subject, measure), series in found.series.items():
+                yield part, subject, measure, series
 
     def snapshot(self) -> JSON:
-        """Per fold: its series names, each with its newest ``[t, value]``, and how many samples
-        went to ``other`` because the fold had ``cap`` series already."""
-        return {fold: {"folded": found.names.folded,
-                       "last": {name: series.last() for name, series in found.series.items()}}
-                for fold, found in self.sets.items()}
+        """Per part: each series' newest ``[t, value]`` by ``SUBJECT/MEASURE``, and how many samples
+        went to ``other`` because the part had ``cap`` subjects already."""
+        return {part: {"folded": found.names.folded,
+                       "last": {series_name(*key): series.last() for key, series in found.series.items()}}
+                for part, found in self.sets.items()}
 
-    def points(self, fold: str, name: str, level: int = 0) -> dict[str, Any]:
-        found = self.sets.get(fold)
-        series = found.series.get(name) if found is not None else None
+    def points(self, part: str, subject: str, measure: str = "", level: int = 0) -> dict[str, Any]:
+        found = self.sets.get(part)
+        series = found.series.get((subject, measure)) if found is not None else None
         if series is None:
-            raise ViewQueryError(f"no series {name!r} of {fold!r}; there are: "
-                                 f"{sorted(f'{f}/{n}' for f, n, _ in self.each()) or 'none'}", key="series",
-                                 expected="a series the view holds", got=f"{fold}/{name}")
+            held = sorted(f"{p}:{series_name(s, m)}" for p, s, m, _ in self.each())
+            raise ViewQueryError(f"no series {series_name(subject, measure)!r} of {part!r}; there are: "
+                                 f"{', '.join(held) or 'none'}", key="series", expected="a series the view holds",
+                                 got=f"{part}:{series_name(subject, measure)}")
         if not 0 <= level < len(LEVELS):
             raise ViewQueryError(f"expected a level in [0, {len(LEVELS)}), got {level!r}", key="level",
                                  expected=f"0..{len(LEVELS) - 1}", got=level)
         return series.points(level)
 
     def dump(self) -> dict[str, Any]:
-        return {fold: {"folded": found.names.folded,
-                       "series": {name: series.dump() for name, series in found.series.items()}}
-                for fold, found in self.sets.items()}
+        return {part: {"folded": found.names.folded,
+                       "series": [[subject, measure, series.dump()]
+                                  for (subject, measure), series in found.series.items()]}
+                for part, found in self.sets.items()}
 
     def load(self, data: Any) -> None:
         if not isinstance(data, dict):
-            raise ValueError("expected {fold: {'folded', 'series'}}")
-        for fold, entry in data.items():
-            found = self.set(str(fold))
+            raise ValueError("expected {part: {'folded', 'series'}}")
+        for part, entry in data.items():
+            found = self.set(str(part))
             found.names.folded = int(entry.get("folded", 0))
-            for name, dumped in dict(entry.get("series") or {}).items():
-                found.get(str(name)).load(dumped)
+            for subject, measure, dumped in entry.get("series") or ():
+                found.get(str(subject), str(measure)).load(dumped)

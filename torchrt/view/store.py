@@ -5,13 +5,14 @@ Layout::
     RUN_DIR/series/
       snapshot.json      {"format", "segment": K, "levels", "sets": every series' rings}
       points-K.jsonl     closed 1 s points since that snapshot, one JSON array a line:
-                         ["p", fold, name, t, count, min, max, sum, last]  or  ["f", fold, folded]
+                         ["p", part, subject, measure, t, count, min, max, sum, last]
+                         or ["f", part, folded]
 
 Design
 ------
 1. :meth:`SeriesStore.flush` (the coordinator's tick, about once a second)
    appends every 1 s point closed since the last flush to ``points-K.jsonl``
-   in one write, plus a ``"f"`` line when a fold's count of names folded into
+   in one write, plus a ``"f"`` line when a part's count of subjects folded into
    ``other`` changed. Nothing is queued in memory: what is not written yet is
    still in the series' first ring.
 2. When the segment passes ``segment_bytes`` (default 8 MiB), the store
@@ -113,8 +114,8 @@ def _read_segment(path: Path, book: SeriesBook) -> None:
         for line in f:
             try:
                 entry = json.loads(line)
-                if entry[0] == "p":
-                    book.set(str(entry[1])).get(str(entry[2])).absorb([float(v) for v in entry[3:9]])
+                if entry[0] == "p" and len(entry) == 10:
+                    book.set(str(entry[1])).get(str(entry[2]), str(entry[3])).absorb([float(v) for v in entry[4:]])
                 elif entry[0] == "f":
                     book.set(str(entry[1])).names.folded = int(entry[2])
                 else:
@@ -149,12 +150,12 @@ class SeriesStore:
             self.compact()
             return
         lines: list[str] = []
-        for fold, name, series in self.book.each():
+        for part, subject, measure, series in self.book.each():
             points, complete = series.unsaved_points()
             if not complete:  # more closed than the first ring holds since the last flush
                 self.compact()
                 return
-            lines.extend(_line(["p", fold, name, *p]) for p in points)
+            lines.extend(_line(["p", part, subject, measure, *p]) for p in points)
         for fold, found in self.book.sets.items():
             if found.names.folded != self._folded.get(fold, 0):
                 lines.append(_line(["f", fold, found.names.folded]))
@@ -207,7 +208,7 @@ class SeriesStore:
         self._close_segment()
 
     def _saved(self) -> None:
-        for _, _, series in self.book.each():
+        for *_, series in self.book.each():
             series.unsaved = 0
         self._folded = {fold: found.names.folded for fold, found in self.book.sets.items()}
 

@@ -1,0 +1,124 @@
+"""The checkpoint layer's part of the job view: its events folded into the job's checkpoint history.
+
+:class:`CheckpointFold` takes the checkpoint events (docs/checkpoint.md) as the
+coordinator records them: the steps being saved (ranks whose shard is durable,
+bytes so far, until the step commits or fails), the committed checkpoints (the
+last ``keep``, newest last), failures and skips, restores. ``snapshot()`` is
+bounded at any number of ranks: per-rank figures of a commit are summarised
+(count, slowest stall and write), the long lists are pages (``rows``).
+``samples`` gives the series the view keeps: commit time and throughput, and
+every rank's stall, write time and throughput, aggregated over the ranks that
+saved in the same second (so min/max show the spread between ranks).
+
+It imports nothing heavy (this package's ``__init__`` is lazy), so the
+coordinator and a replaying monitor load it without the writers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torchrt.contract import EventType
+
+__all__ = ["CheckpointFold"]
+
+Event = dict[str, Any]
+SHOWN = 5          # committed checkpoints, problems and restores in the snapshot
+KEEP_SAVING = 4    # steps in flight tracked at once (older ones are dropped from the list)
+_SERIES = {
+    EventType.CHECKPOINT_COMMITTED: ("total_s", "commit_s", "mb_s", "bytes"),
+    EventType.CHECKPOINT_SAVED: ("stall_s", "write_s", "mb_s"),
+    EventType.CHECKPOINT_RESTORED: ("read_s", "mb_s"),
+}
+
+
+class CheckpointFold:
+    """The job's checkpoints as the record tells them (see the module docstring)."""
+
+    name = "checkpoints"
+    types = frozenset({EventType.CHECKPOINT_SAVED, EventType.CHECKPOINT_COMMITTED, EventType.CHECKPOINT_FAILED,
+                       EventType.CHECKPOINT_SKIPPED, EventType.CHECKPOINT_RESTORED})
+    row_kinds = ("committed", "problems", "restored")
+
+    def __init__(self, keep: int = 50) -> None:
+        self.committed: deque[Event] = deque(maxlen=keep)
+        self.problems: deque[Event] = deque(maxlen=keep)
+        self.restored: deque[Event] = deque(maxlen=keep)
+        self.committed_total = 0
+        self.problems_total = 0
+        self.saving: dict[int, dict[str, Any]] = {}
+
+    def apply(self, event: Event) -> bool:
+        kind = event.get("type")
+        fields = {k: v for k, v in event.items() if k != "type"}
+        step = event.get("step")
+        if kind == EventType.CHECKPOINT_SAVED:
+            if not isinstance(step, int):
+                return False
+            self._saved(step, event)
+        elif kind == EventType.CHECKPOINT_COMMITTED:
+            self.committed.append(fields)
+            self.committed_total += 1
+            self.saving.pop(step, None)  # type: ignore[arg-type]
+        elif kind in (EventType.CHECKPOINT_FAILED, EventType.CHECKPOINT_SKIPPED):
+            self.problems.append({"kind": kind.removeprefix("checkpoint_"), **fields})
+            self.problems_total += 1
+            if kind == EventType.CHECKPOINT_FAILED:
+                self.saving.pop(step, None)  # type: ignore[arg-type]
+        elif kind == EventType.CHECKPOINT_RESTORED:
+            self.restored.append(fields)
+        else:
+            return False
+        return True
+
+    def _saved(self, step: int, event: Event) -> None:
+        entry = self.saving.get(step)
+        if entry is None:
+            entry = self.saving[step] = {"step": step, "ranks": 0, "bytes": 0, "world_size": event.get("world_size"),
+                                         "first_at": event.get("ts")}
+            while len(self.saving) > KEEP_SAVING:
+                del self.saving[min(self.saving)]
+        entry["ranks"] += 1
+        size = event.get("bytes")
+        if isinstance(size, int):
+            entry["bytes"] += size
+        entry["last_at"] = event.get("ts")
+
+    def samples(self, event: Event) -> Iterable[tuple[str, str, float]]:
+        """``(subject, measure, value)``: subject ``committed``, ``saved`` or ``restored``."""
+        keys = _SERIES.get(event.get("type"))  # type: ignore[arg-type]
+        if keys is None:
+            return ()
+        subject = str(event["type"]).removeprefix("checkpoint_")
+        return [(subject, key, float(event[key])) for key in keys
+                if isinstance(event.get(key), (int, float)) and not isinstance(event.get(key), bool)]
+
+    def view(self) -> dict[str, Any]:
+        """Everything kept, unsummarised (the coordinator's state.json until it serves the view)."""
+        latest = self.committed[-1] if self.committed else None
+        return {"latest_step": latest["step"] if latest else None, "committed": list(self.committed),
+                "problems": list(self.problems), "restored": list(self.restored)}
+
+    def snapshot(self) -> dict[str, Any]:
+        latest = self.committed[-1] if self.committed else None
+        return {"latest_step": latest.get("step") if latest else None, "committed_total": self.committed_total,
+                "problems_total": self.problems_total, "saving": [dict(s) for s in self.saving.values()],
+                "committed": [_summary(c) for c in list(self.committed)[-SHOWN:]],
+                "problems": list(self.problems)[-SHOWN:], "restored": list(self.restored)[-SHOWN:]}
+
+    def rows(self, kind: str) -> Sequence[Event]:
+        return list({"committed": self.committed, "problems": self.problems, "restored": self.restored}[kind])
+
+
+def _summary(committed: Event) -> Event:
+    """A committed checkpoint with its per-rank figures summarised."""
+    ranks = committed.get("ranks")
+    out = {k: v for k, v in committed.items() if k != "ranks"}
+    if isinstance(ranks, list):
+        rows = [r for r in ranks if isinstance(r, dict)]
+        out["ranks"] = {"count": len(ranks), **{
+            f"max_{key}": max((r[key] for r in rows if isinstance(r.get(key), (int, float))), default=None)
+            for key in ("stall_s", "write_s")}}
+    return out
