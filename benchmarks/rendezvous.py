@@ -4,7 +4,7 @@
 Usage: ``python benchmarks/rendezvous.py [--quick] [--json PATH] [--only formation,recovery,...]``
 
 Every figure is measured here, side by side with its peer, so that ratios
-compare like with like on a noisy machine. Four measurements:
+compare like with like on a noisy machine. Five measurements:
 
 formation_s
     N real agent processes (``fork``), one rendezvous handler each, created
@@ -49,7 +49,8 @@ attack_formation_s
     latest call) against a standalone coordinator, once calm and once while ``_attack.py`` hits
     its control port with 1,000 idle connections (reopened as soon as the coordinator closes
     them) and 100 junk clients (a line that is not JSON, a 100 KiB line, hellos of a wrong
-    version or role, over and over). Calm and attacked trials alternate; the figure is the
+    version or role, over and over), started ``ATTACK_WARMUP_S`` (1 s) after every one of them
+    connected. Calm and attacked trials alternate; the figure is the
     ratio of their medians (``ratios.attack_slowdown``), ``attack_detail`` has the attacker's
     counts and the size of the coordinator's log.
 
@@ -94,6 +95,7 @@ BARRIER_WORKER = HERE / "_barrier_worker.py"
 BACKENDS = ("torchrt", "c10d")
 SECTIONS = ("formation", "recovery", "barrier", "scale", "attack")
 ATTACK_IDLE, ATTACK_JUNK, ATTACK_NODES = 1000, 100, 4
+ATTACK_WARMUP_S = 1.0  # after the attack is going and before the nodes start: its steady state
 MP = mp.get_context("fork")  # the parent holds no threads when it forks; children start in ms
 
 Json = dict[str, Any]
@@ -108,6 +110,7 @@ class Profile:
     recovery_cap_s: float
     barrier_iters: int
     scale_timeout_s: float
+    attack_trials: int
     formation_sizes: tuple[int, ...] = (2, 4, 8)
     barrier_sizes: tuple[int, ...] = (2, 4, 8)
     scale_sizes: tuple[int, ...] = (256, 1024)
@@ -117,9 +120,10 @@ class Profile:
     @classmethod
     def make(cls, quick: bool) -> Profile:
         if quick:
-            return cls(quick=True, formation_trials=3, recovery_cap_s=90, barrier_iters=300, scale_timeout_s=60)
+            return cls(quick=True, formation_trials=3, recovery_cap_s=90, barrier_iters=300, scale_timeout_s=60,
+                       attack_trials=5)
         return cls(quick=False, formation_trials=5, recovery_cap_s=150, barrier_iters=2000,
-                   scale_timeout_s=180, c10d_scale_sizes=(64,))
+                   scale_timeout_s=180, attack_trials=9, c10d_scale_sizes=(64,))
 
 
 # ------------------------------------------------------------------ small helpers
@@ -673,6 +677,7 @@ def attacking(endpoint: str) -> Iterator[Json]:
     try:
         if not ready.wait(60):
             raise RuntimeError("the attack did not get going within 60 s")
+        time.sleep(ATTACK_WARMUP_S)
         yield counts
     finally:
         stop.set()
@@ -709,7 +714,7 @@ def measure_attack(profile: Profile, tmp: Path) -> Json:
     samples: dict[str, list[float]] = {"calm": [], "attacked": []}
     details: list[Json] = []
     failures: list[str] = []
-    for trial in range(1, profile.formation_trials + 1):
+    for trial in range(1, profile.attack_trials + 1):
         for attacked in (False, True):  # alternating, so both see the same noise
             kind = "attacked" if attacked else "calm"
             try:
@@ -821,7 +826,7 @@ def meta(profile: Profile, args: argparse.Namespace) -> Json:
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         **machine(), "quick": profile.quick,
-        "formation_trials": profile.formation_trials, "recovery_trials": 1,
+        "formation_trials": profile.formation_trials, "attack_trials": profile.attack_trials, "recovery_trials": 1,
         "recovery_cap_s": profile.recovery_cap_s, "barrier_iters_per_rank": profile.barrier_iters,
         "scale_procs": profile.scale_procs, "sections": args.only,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

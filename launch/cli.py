@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser; it imports nothing of torchrt (``doctor`` must run on a broken install)."""
     default_endpoint = "127.0.0.1 and torchrun's default port"
     parser = _Parser(prog="torchrt", description="torchrt: a distributed training runtime for torchrun")
-    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("TORCHRT_LOG_LEVEL", "WARNING"),
-                        help=f"one of {', '.join(LOG_LEVELS)} (or TORCHRT_LOG_LEVEL)")
+    parser.add_argument("--log-level", type=_log_level, default=None,
+                        help=f"one of {', '.join(LOG_LEVELS)} (default: $TORCHRT_LOG_LEVEL, else WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="validate a YAML job config and run it through torchrun")
@@ -191,9 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _default_log_level(parser: argparse.ArgumentParser) -> str:
+    try:
+        from torchrt.contract import Env
+    except ImportError:  # a broken install: `doctor` says what is broken
+        return "WARNING"
+    try:
+        return _log_level(os.environ.get(Env.LOG_LEVEL) or "WARNING")
+    except argparse.ArgumentTypeError as e:
+        parser.error(f"{Env.LOG_LEVEL}: {e}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level or _default_log_level(parser),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -102,7 +102,7 @@ def test_a_connection_without_a_hello_is_closed_at_its_deadline(tmp_path):
 
 
 def test_a_long_line_before_hello_is_refused_and_after_hello_allowed(tmp_path):
-    with running(tmp_path) as c:
+    with running(tmp_path, hello_timeout_s=1) as c:
         junk = dial(c.endpoint)
         junk.sendall(b"x" * (100 * 1024))  # no newline: the coordinator must not wait for one
         reply = json.loads(until_closed(junk, 10))
@@ -113,22 +113,50 @@ def test_a_long_line_before_hello_is_refused_and_after_hello_allowed(tmp_path):
         worker.close()
 
 
-def test_at_the_cap_the_oldest_connection_without_hello_makes_room(tmp_path):
-    with running(tmp_path, max_pending=8, hello_timeout_s=60) as c:
-        idle = [dial(c.endpoint) for _ in range(8)]
+def test_a_refused_connection_keeps_its_slot_until_its_deadline(tmp_path):
+    # A client that retries junk as soon as it is closed gets one try per deadline, not thousands.
+    with running(tmp_path, hello_timeout_s=1) as c:
+        junk = dial(c.endpoint)
+        started = time.monotonic()
+        junk.sendall(b"not json\n")
+        reply = json.loads(junk.makefile("rb").readline())
+        assert reply["code"] == Code.PROTOCOL, reply
+        assert is_open(junk), "refused, but held"
+        assert until_closed(junk, 10) == b""
+        assert time.monotonic() - started > 0.8
+
+
+def test_a_refused_connection_whose_peer_leaves_frees_its_slot_at_once(tmp_path):
+    with running(tmp_path, max_pending=1, max_crowded=1, hello_timeout_s=30, crowded_hello_timeout_s=30) as c:
+        held = dial(c.endpoint)
+        held.sendall(b"not json\n")
+        held.makefile("rb").readline()  # refused: holds one of the two slots for 30 s
+        leaving = dial(c.endpoint)
+        leaving.sendall(b"not json\n")
+        leaving.close()  # holds the other until the coordinator sees it leave
+        # a third client gets the freed slot: had the leaving one kept it, the two slots were full for 30 s
+        assert ping(c.endpoint, timeout=10) is not None
+        held.close()
+
+
+def test_beyond_the_cap_connections_get_a_short_deadline_and_a_real_client_gets_in(tmp_path):
+    with running(tmp_path, max_pending=8, max_crowded=2, hello_timeout_s=60, crowded_hello_timeout_s=0.3) as c:
+        idle = [dial(c.endpoint) for _ in range(8)]  # pending with the full deadline
+        crowded = [dial(c.endpoint) for _ in range(2)]  # accepted while 8 are pending: 0.3 s
         client = CoordinatorClient(c.endpoint, role=Role.OBSERVER, run_id="job")
-        client.connect(timeout=10)  # the ninth: in place of the oldest silent one
+        client.connect(timeout=10)  # waits in the backlog until a crowded slot is free, then is in
         assert client.request(Op.PING, timeout=10)["ok"]
-        assert until_closed(idle[0], 10) == b""
-        assert is_open(idle[-1]), "only as many as needed are closed"
+        for sock in crowded:
+            assert until_closed(sock, 10) == b""
+        assert all(is_open(sock) for sock in idle)
         client.close()
         for sock in idle:
             sock.close()
 
 
 def test_a_burst_of_real_clients_beyond_the_cap_all_get_in(tmp_path):
-    # 40 clients dial at once against a cap of 8: none is evicted before its hello is read,
-    # because each has sent its hello (it is not silent) and none is pending for evict_after_s.
+    # 40 clients dial at once against caps of 8 + 2: the others wait in the backlog, and each
+    # one accepted says its hello well within the crowded deadline.
     with running(tmp_path, max_pending=8) as c:
         answers: list[bool] = []
 
@@ -147,10 +175,12 @@ def test_a_burst_of_real_clients_beyond_the_cap_all_get_in(tmp_path):
 
 
 @pytest.mark.parametrize("limits, key", [
-    ({"hello_timeout_s": float("inf")}, "admission.hello_timeout_s"),
-    ({"hello_timeout_s": 0}, "admission.hello_timeout_s"),
-    ({"max_pending": 0}, "admission.max_pending"),
-    ({"hello_line_bytes": 1 << 24}, "admission.hello_line_bytes"),
+    ({"hello_timeout_s": float("inf")}, "hello_timeout_s"),
+    ({"hello_timeout_s": 0}, "hello_timeout_s"),
+    ({"crowded_hello_timeout_s": float("nan")}, "crowded_hello_timeout_s"),
+    ({"crowded_hello_timeout_s": 9}, "crowded_hello_timeout_s"),
+    ({"max_pending": 0}, "max_pending"),
+    ({"hello_line_bytes": 1 << 24}, "hello_line_bytes"),
 ])
 def test_bad_limits_are_refused_naming_the_key(limits, key):
     with pytest.raises(FieldError, match=f"^{key}: expected"):

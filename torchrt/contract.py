@@ -19,7 +19,9 @@ membership; a *worker* of the current round may report telemetry; an
 ``WORKER`` events are reports, accepted only from a worker connection, with
 ``rank`` and ``node_id`` stamped by the coordinator from that connection's
 hello rather than taken from the report. Events marked ``rank0_only`` (a
-commit) are accepted only from the rank that does that work.
+commit) are accepted only from the rank that does that work. ``NODE`` events
+(``node_stats``) are a node handler's reports, ``node_id`` stamped from its
+connection.
 
 This module imports nothing of torch or of the rest of torchrt, so every side
 (including a broken install's ``torchrt doctor``) can read it.
@@ -45,6 +47,8 @@ __all__ = [
     "Origin",
     "PROTOCOL_VERSION",
     "Push",
+    "STACK_DUMP_TIMEOUT_S",
+    "StackAnswer",
     "ROLE_OPS",
     "Role",
     "barrier_key",
@@ -98,6 +102,8 @@ class Op(str, enum.Enum):
     STATUS = "status"
     SUBSCRIBE = "subscribe"
     TELEMETRY = "telemetry"
+    STACKS = "stacks"            # a worker's answer to a dump_stacks push (no id: it gets no reply)
+    DUMP_STACKS = "dump_stacks"  # take the Python stacks of one rank or of every rank
 
     def __str__(self) -> str:
         return self.value
@@ -119,6 +125,7 @@ class Push(str, enum.Enum):
     EVENT = "event"      # to subscribers: one logged event
     PREVIEW = "preview"  # to subscribers: a data sample rendering (not logged)
     METRIC = "metric"    # to subscribers: a user scalar (not logged)
+    DUMP_STACKS = "dump_stacks"  # to a worker: answer {"request": ID} with op stacks (torchrt.telemetry.stacks)
     LOST = "lost"        # delivered locally by a client when its connection ends; never on the wire
 
     def __str__(self) -> str:
@@ -136,6 +143,22 @@ class Code(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class StackAnswer(str, enum.Enum):
+    """What one rank gave to a stack dump (``dump_stacks``)."""
+
+    ANSWERED = "answered"    # its stacks came back in time
+    ERROR = "error"          # it answered, but could not take its stacks (the answer says why)
+    NO_ANSWER = "no_answer"  # connected, but no answer within the dump's timeout (C code holding the GIL?)
+    GONE = "gone"            # its worker disconnected: it exited or died (answered at once)
+    UNKNOWN = "unknown"      # no worker of the current round has that rank
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STACK_DUMP_TIMEOUT_S = 2.0  # how long a dump waits for the ranks' answers
 
 
 # ------------------------------------------------------------------ environment
@@ -209,6 +232,7 @@ class Origin(str, enum.Enum):
 
     COORDINATOR = "coordinator"  # the coordinator's own decisions; never accepted from a peer
     WORKER = "worker"            # reported by a worker of the current round (rank stamped by the coordinator)
+    NODE = "node"                # reported by a node's rendezvous handler (node_id stamped by the coordinator)
 
     def __str__(self) -> str:
         return self.value
@@ -243,6 +267,14 @@ class EventType(str, enum.Enum):
     REPORT_REFUSED = "report_refused"
     BARRIER = "barrier"
     METRIC = "metric"
+    STEP = "step"
+    STEP_PROGRESS = "step_progress"
+    # nodes and their processes (the agent-side handler's sampler)
+    NODE_STATS = "node_stats"
+    # alerts (the coordinator's decisions on the ranks' step reports, torchrt.view.alerts)
+    RANK_STRAGGLING = "rank_straggling"
+    RANK_RECOVERED = "rank_recovered"
+    RANK_STALLED = "rank_stalled"
     # data
     DATASET_REGISTERED = "dataset_registered"
     DATA_RESUMED = "data_resumed"
@@ -255,6 +287,8 @@ class EventType(str, enum.Enum):
     CHECKPOINT_FAILED = "checkpoint_failed"
     CHECKPOINT_SKIPPED = "checkpoint_skipped"
     CHECKPOINT_RESTORED = "checkpoint_restored"
+    # stack dumps
+    STACKS_DUMPED = "stacks_dumped"
 
     def __str__(self) -> str:
         return self.value
@@ -277,7 +311,15 @@ class EventSpec:
     rank0_only: bool = False  # a worker report accepted only from rank 0 (who does that work)
 
 
-_C, _W = Origin.COORDINATOR, Origin.WORKER
+_C, _W, _N = Origin.COORDINATOR, Origin.WORKER, Origin.NODE
+# The fields of a rank's step report (torchrt.telemetry.step): one per reporter window, not per step.
+_STEP = {"step": "the rank's last step number", "steps": "steps in the window", "window_s": "seconds the window's "
+         "steps took", "step_ms": "mean step time", "step_max_ms": "slowest step", "busy_ms": "mean step time less "
+         "the waits below", "data_wait_ms": "mean wait for data per step (torchrt.data)", "barrier_ms": "mean "
+         "torchrt.barrier wait per step", "checkpoint_ms": "mean checkpoint stall per step", "samples": "samples in "
+         "the window", "samples_per_s": "samples / window_s", "loss": "last loss", "scalars": "last value of each "
+         "user scalar", "epoch": "data epoch (torchrt.data)", "position": "global position in the epoch",
+         "dataset": "the pipeline that fed the last step"}
 _CKPT = {"step": "training step", "rank": "reporting rank", "world_size": "ranks of the saving job",
          "path": "checkpoint step directory"}
 
@@ -351,6 +393,30 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
                "latency_us": "slowest", "p50_us": "median", "max_us": "slowest"}),
     EventSpec(EventType.METRIC, _W, "torchrt.log_metric scalar", {"name": "tag", "value": "number",
                                                                   "step": "step"}, logged=False),
+    # logged=True only until server.py maps it to a live push kind (issue 9 wiring); then logged=False.
+    EventSpec(EventType.STEP, _W, "torchrt.step figures of one reporter window (about 1 s) in which the rank "
+              "stepped", _STEP, logged=True),
+    EventSpec(EventType.STEP_PROGRESS, _W, "the same report, logged: every 10 s per rank, when the epoch changes "
+              "and as the rank's last word", _STEP),
+    # logged=True only until server.py maps it to a live push kind (issue 9 wiring); then logged=False.
+    EventSpec(EventType.NODE_STATS, _N, "one sample of a node and of its worker processes (about 1 s; "
+              "torchrt.telemetry.node)",
+              {"node_id": "the node (stamped)", "cpu_percent": "node CPU, % of all cores", "cpus": "logical cores",
+               "mem_percent": "node memory used", "mem_used": "bytes", "mem_total": "bytes",
+               "disk_read_bps": "bytes/s", "disk_write_bps": "bytes/s", "net_recv_bps": "bytes/s",
+               "net_sent_bps": "bytes/s", "gpus": "per GPU: index, util_percent, mem_used, mem_total",
+               "workers": "per worker process: pid, local_rank, rank, state, cpu_percent, rss, gpu_mem, "
+               "exit_code (when known)"}, logged=True),
+    EventSpec(EventType.RANK_STRAGGLING, _C, "a rank's step time stayed well above the other ranks' median",
+              {"rank": "the rank", "node_id": "its node", "ratio": "its step time / the others' median",
+               "step_ms": "its step time", "median_ms": "the others' median", "reports": "consecutive slow reports",
+               "measure": "busy_ms or step_ms"}),
+    EventSpec(EventType.RANK_RECOVERED, _C, "a straggling or stalled rank is back to normal",
+              {"rank": "the rank", "node_id": "its node", "was": "rank_straggling or rank_stalled",
+               "step": "its step now", "after_s": "seconds the alert lasted"}),
+    EventSpec(EventType.RANK_STALLED, _C, "a rank made no step progress for longer than its stall threshold",
+              {"rank": "the rank", "node_id": "its node", "step": "its last step", "silent_s": "seconds since its "
+               "step last advanced", "threshold_s": "the threshold: max(floor, factor x its median step time)"}),
     EventSpec(EventType.DATASET_REGISTERED, _W, "a rank built a pipeline (see docs/data.md)",
               {"dataset": "name", "size": "samples", "shards": "shards", "assignment": "this rank's part"}),
     EventSpec(EventType.DATA_RESUMED, _W, "a rank loaded a saved data state",
@@ -376,9 +442,17 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
     EventSpec(EventType.CHECKPOINT_RESTORED, _W, "a rank restored a checkpoint",
               {**_CKPT, "saved_world_size": "world size that saved it", "bytes": "read", "read_s": "seconds",
                "mb_s": "throughput"}),
+    EventSpec(EventType.STACKS_DUMPED, _C,
+              "the Python stacks of ranks were taken (RUN_DIR/stacks/, see torchrt.view.stacks)",
+              {"request": "dump number", "reason": "requested, or rank_stalled",
+               "path": "the dump, relative to the run directory", "ranks": "ranks asked",
+               "answered": "ranks whose stacks came back",
+               "missing": "ranks that did not answer, by StackAnswer (gone, no_answer, ...)",
+               "slowest_s": "seconds until the last answer"}),
 )}
 
 WORKER_REPORTS = frozenset(t for t, spec in EVENTS.items() if spec.origin is Origin.WORKER)
+NODE_REPORTS = frozenset(t for t, spec in EVENTS.items() if spec.origin is Origin.NODE)
 
 
 def events_markdown() -> str:
@@ -393,7 +467,8 @@ def events_markdown() -> str:
         "whole run, also across a coordinator restart), `ts` (Unix seconds), `type` and the fields "
         "below. *coordinator* events are the coordinator's own decisions and are never accepted from "
         "a peer; *worker* events are reports of a worker of the current round, with `rank` and "
-        "`node_id` stamped by the coordinator from the worker's connection. Events that are not "
+        "`node_id` stamped by the coordinator from the worker's connection; *node* events are reports of a "
+        "node's rendezvous handler, with `node_id` stamped from its connection. Events that are not "
         "logged are kept in the state and pushed live only.",
         "",
     ]

@@ -41,6 +41,7 @@ from torchrt.coordinator.client import CoordinatorClient
 from torchrt.errors import BarrierError
 from torchrt.protocol import parse_endpoint
 from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
+from torchrt.telemetry.stacks import StackResponder
 
 logger = logging.getLogger(__name__)
 
@@ -234,11 +235,14 @@ def _watch_agent(agent_pid: int, interval: float = 0.5) -> None:
 def _start_telemetry(ctx: WorkerContext) -> None:
     if ctx.endpoint is None or not isinstance(get_reporter(), NullReporter):
         return
+    # the coordinator may push a stack-dump request down this connection at any time
+    stacks = StackResponder(lambda op, **fields: client.send(op, **fields))
     client = CoordinatorClient(
         ctx.endpoint, role=Role.WORKER, run_id=ctx.run_id, token=os.environ.get(Env.TOKEN),
         hello={"info": {"rank": ctx.rank, "local_rank": ctx.local_rank, "world_size": ctx.world_size,
                         "local_world_size": ctx.local_world_size, "node_id": ctx.node_id,
                         "round": ctx.round, "pid": os.getpid(), "backend": ctx.backend}},
+        on_push=stacks.on_push,
     )
     try:
         client.connect(timeout=10)

@@ -77,6 +77,7 @@ from torchrt.checkpoint.state import FlatState, ShardRef, TensorRef, dumps_tree,
 from torchrt.checkpoint.writer import WriterPool
 from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
+from torchrt.telemetry.steps import note_wait
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,9 @@ class SaveHandle:
             started = time.perf_counter()
             if not self._staged.wait(timeout):
                 raise TimeoutError(f"checkpoint step {self.step} not staged after {timeout} s")
-            self.stall_s += time.perf_counter() - started
+            waited = time.perf_counter() - started
+            self.stall_s += waited
+            note_wait("checkpoint", waited)
         if self.stage_error is not None:
             raise self.stage_error
 
@@ -301,6 +304,7 @@ class CheckpointManager:
             handle.wait()
             handle.stall_s = time.perf_counter() - t0
             self._raise_fatal()
+        note_wait("checkpoint", handle.stall_s)  # the training step's stall, in its step report
         return handle
 
     def maybe_save(self, state: Mapping[str, Any], step: int) -> SaveHandle | None:
@@ -318,7 +322,9 @@ class CheckpointManager:
         if handle is not None and not handle._staged.is_set():
             started = time.perf_counter()
             handle._staged.wait()
-            handle.stall_s += time.perf_counter() - started
+            waited = time.perf_counter() - started
+            handle.stall_s += waited
+            note_wait("checkpoint", waited)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every save so far is committed, failed or skipped; raises per ``on_error``."""

@@ -43,6 +43,7 @@ from torchrt.checkpoint.dcp import load_through_planner
 from torchrt.checkpoint.state import ShardRef, apply, holds_dtensor, materialize, refs
 from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
+from torchrt.telemetry.steps import note_restored
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +162,7 @@ def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *,
             read_s = time.perf_counter() - started
             result = RestoreResult(step, step_dir, reader.manifest.world_size, reader.bytes_read, read_s,
                                    skipped, per_rank_skipped)
+            note_restored(step)  # torchrt.step numbers go on from here
             reporter.emit(EventType.CHECKPOINT_RESTORED, step=step, rank=group.rank, world_size=group.world_size,
                           saved_world_size=reader.manifest.world_size, bytes=reader.bytes_read,
                           read_s=round(read_s, 4), mb_s=round(reader.bytes_read / max(read_s, 1e-9) / 1e6, 1),

@@ -31,6 +31,7 @@ checked by :func:`check_run_id`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -87,7 +88,7 @@ class RunDirError(RendezvousError, TorchrtError):
 def check_run_id(run_id: object, key: str = "run id") -> str:
     """``run_id`` if it can be one path component under the runs directory; else
     :class:`InvalidRunIdError` naming ``key`` (``--run-id``, ``--rdzv-id``, ...)."""
-    expected = "a non-empty name without '/', '\\', '..' or control characters"
+    expected = "a non-empty name without '/', '\\' or control characters, other than '.' and '..'"
     text = run_id if isinstance(run_id, str) else None
     problem = None
     if not text:
@@ -120,10 +121,8 @@ def ensure_writable(run_dir: Path) -> Path:
     except OSError as e:
         raise RunDirError(f"run directory {run_dir} cannot be written: {e.strerror or e}") from e
     finally:
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink()
-        except OSError:
-            pass
     return run_dir
 
 
@@ -144,10 +143,8 @@ def write_text_atomic(path: Path, text: str, durable: bool = False) -> None:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise
 
 

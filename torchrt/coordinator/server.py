@@ -87,7 +87,7 @@ class _Peer:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.writer = connection.writer
+        self.writer = connection  # close() and is_closing() as a StreamWriter's, but knowing the hello
         self.role: Role | None = None  # set by a successful hello
         self.node_id: str | None = None
         self.join_id: Any = None

@@ -26,6 +26,7 @@ from typing import Any
 
 from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
+from torchrt.telemetry.steps import note_data
 
 __all__ = [
     "DATASET_REGISTERED",
@@ -78,7 +79,9 @@ class DataEvents:
 
     def step(self, *, epoch: int, position: int, size: int, step: int, steps: int, real: int, padded: int,
              read_s: float, map_s: float, wait_s: float) -> None:
-        """Account one delivered batch; emit progress and timing when the window is over."""
+        """Account one delivered batch (and hand epoch, position and wait to the step report,
+        :func:`torchrt.telemetry.steps.note_data`); emit progress and timing when the window is over."""
+        note_data(self.dataset, epoch, position, wait_s)
         self._epoch_samples[epoch] = self._epoch_samples.get(epoch, 0) + real
         self._epoch_padded[epoch] = self._epoch_padded.get(epoch, 0) + padded
         self._batches += 1

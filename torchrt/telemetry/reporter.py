@@ -1,4 +1,12 @@
-"""Batching, non-blocking event reporter (see the package docstring)."""
+"""Batching, non-blocking event reporter (see the package docstring).
+
+Besides the events queued with ``emit``, a flush takes the reports of the
+*window sources* (:func:`add_source`): a source aggregates something frequent
+(the training loop's steps, :mod:`torchrt.telemetry.step`) and hands over one
+report per flush window, so a thousand steps a second cost one event a second.
+A source is called with ``final=True`` by :meth:`Reporter.close` (the process's
+last flush), so it can mark its last word.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +23,22 @@ logger = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 Sink = Callable[[list[Event]], None]
+Source = Callable[[bool], list[Event]]  # final -> this window's reports
+
+DEFAULT_FLUSH_INTERVAL_S = 1.0
+_sources: list[Source] = []
+
+
+def add_source(source: Source) -> None:
+    """Have every reporter's flush take ``source``'s window reports (once per source)."""
+    if source not in _sources:
+        _sources.append(source)
 
 
 class Reporter:
     """Queue events now, deliver them to ``sink`` in batches from a background thread."""
 
-    def __init__(self, sink: Sink, flush_interval: float = 0.2, max_queue: int = 10_000) -> None:
+    def __init__(self, sink: Sink, flush_interval: float = DEFAULT_FLUSH_INTERVAL_S, max_queue: int = 10_000) -> None:
         self._sink = sink
         self._flush_interval = flush_interval
         self._queue: collections.deque[Event] = collections.deque()
@@ -42,9 +60,10 @@ class Reporter:
     def dropped(self) -> int:
         return self._dropped
 
-    def flush(self) -> None:
-        """Deliver everything queued so far, in the caller's thread."""
-        batch = self._drain()
+    def flush(self, final: bool = False) -> None:
+        """Deliver everything queued so far and the sources' window reports, in the caller's thread
+        (``final``: the last flush of this process)."""
+        batch = self._drain(final)
         if batch:
             try:
                 self._sink(batch)
@@ -56,12 +75,17 @@ class Reporter:
             self._closed = True
             self._wake.notify()
         self._thread.join(timeout=5)
-        self.flush()
+        self.flush(final=True)
 
-    def _drain(self) -> list[Event]:
+    def _drain(self, final: bool = False) -> list[Event]:
         batch = []
         while self._queue:
             batch.append(self._queue.popleft())
+        for source in list(_sources):
+            try:
+                batch.extend(source(final))
+            except Exception:  # a source's bug must not stop the other reports
+                logger.exception("telemetry: a window source failed")
         if self._dropped:
             batch.append({"type": EventType.TELEMETRY_DROPPED, "ts": time.time(), "count": self._dropped})
             self._dropped = 0
@@ -86,7 +110,7 @@ class NullReporter(Reporter):
     def emit(self, type: str, **fields: Any) -> None:
         return None
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         return None
 
     def close(self) -> None:

@@ -1,41 +1,73 @@
-"""Workers as the record tells them: one row per global rank.
+"""Workers as the record tells them: one row per global rank, with its progress and alerts.
 
 ``worker_started`` (a worker said hello: ``torchrt.init``) makes the rank's
-row *running* with its node, pid, round and local rank; ``worker_stopped``
-(its connection closed: it exited or died, or the coordinator restarted) makes
-it *stopped* with the reason, but only when it names the rank's current
-process: the stop of an earlier incarnation, arriving late, changes nothing.
-Per-rank step telemetry will extend these rows.
+row *running* with its node, pid, round and local rank, and a fresh progress
+(a new incarnation starts over); ``worker_stopped`` (its connection closed: it
+exited or died, or the coordinator restarted) makes it *stopped* with the
+reason, but only when it names the rank's current process: the stop of an
+earlier incarnation, arriving late, changes nothing.
 
-The snapshot is a summary at any number of ranks (counts by state, world
-size, the newest round, the last :data:`RECENT_STOPS` stops); the rows are a
-page (``rows("workers")``, by rank).
+**Progress** comes from the rank's step reports (:mod:`torchrt.telemetry.steps`):
+``step`` (live only, about once a second) and ``step_progress`` (the same
+figures, logged every 10 s, at an epoch change and as the rank's last word).
+A row holds the last report's figures (:data:`PROGRESS`: step, epoch, position,
+step time, samples/s, waits, loss) and when it came (``reported_at``). Since
+the live reports are not in the record, a row of a *stopped* worker goes back
+to its last logged report: a view replayed from the run directory then holds
+the same rows as the live one, whichever way each worker ended (a worker that
+exits cleanly logs its last figures, so nothing is lost then).
+
+**Alerts** (``rank_straggling``, ``rank_stalled``, ``rank_recovered``, the
+coordinator's decisions of :mod:`torchrt.view.alerts`) are kept per row while
+active; a new incarnation of the rank starts without them.
+
+The snapshot is a summary at any number of ranks: counts by state, world
+size, the newest round, the last :data:`RECENT_STOPS` stops, and for progress
+the range of steps and epochs, the job's samples/s (the sum of the running
+ranks' last rates), the median and slowest step time, the :data:`SHOWN`
+slowest and furthest-behind ranks, and the ranks under an alert (at most
+:data:`SHOWN` named). The rows are a page (``rows("workers")``, by rank). As a
+source of series it gives ``steps/step_ms``, ``steps/busy_ms``,
+``steps/samples_per_s`` and ``steps/data_wait_ms``: one sample per rank and
+report, so a second's point has every rank's value (min/max: the spread
+between ranks; sum of ``samples_per_s``: the job's throughput).
 """
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from torchrt.contract import EventType
-from torchrt.view.fold import JSON, Event
+from torchrt.view.fold import JSON, Event, Sample, number
 
-__all__ = ["RECENT_STOPS", "WorkersFold"]
+__all__ = ["PROGRESS", "RECENT_STOPS", "SERIES_SUBJECT", "SHOWN", "WorkersFold"]
 
 RECENT_STOPS = 8
+SHOWN = 5  # slowest / furthest-behind ranks in the snapshot (alerted ranks: 4 x SHOWN)
 _STARTED = ("local_rank", "node_id", "pid", "round", "world_size", "local_world_size", "backend")
+PROGRESS = ("step", "epoch", "position", "dataset", "steps", "step_ms", "step_max_ms", "busy_ms", "samples_per_s",
+            "data_wait_ms", "barrier_ms", "checkpoint_ms", "loss")
+SERIES_SUBJECT = "steps"
+_SERIES_MEASURES = ("step_ms", "busy_ms", "samples_per_s", "data_wait_ms")
+_REPORTS = frozenset({EventType.STEP, EventType.STEP_PROGRESS})
+_ALERTS = frozenset({EventType.RANK_STRAGGLING, EventType.RANK_STALLED})
+_NO_PROGRESS: dict[str, Any] = dict.fromkeys(PROGRESS) | {"reported_at": None}
 
 
 class WorkersFold:
-    """Every rank's worker: running or stopped, where, since when (see the module docstring)."""
+    """Every rank's worker: running or stopped, where, since when, how far (see the module docstring)."""
 
     name = "workers"
-    types = frozenset({EventType.WORKER_STARTED, EventType.WORKER_STOPPED})
+    types = frozenset({EventType.WORKER_STARTED, EventType.WORKER_STOPPED, EventType.RANK_RECOVERED}) \
+        | _REPORTS | _ALERTS
     row_kinds = ("workers",)
 
     def __init__(self) -> None:
         self.ranks: dict[int, dict[str, Any]] = {}
+        self.logged: dict[int, dict[str, Any]] = {}  # rank -> progress of its last logged report
         self.world_size: int | None = None
         self.round: int | None = None
         self.stops: deque[dict[str, Any]] = deque(maxlen=RECENT_STOPS)
@@ -44,22 +76,49 @@ class WorkersFold:
         rank = event.get("rank")
         if not isinstance(rank, int) or isinstance(rank, bool):
             return False
-        if event.get("type") == EventType.WORKER_STARTED:
-            previous = self.ranks.get(rank)
-            self.ranks[rank] = {"rank": rank, **{k: event.get(k) for k in _STARTED}, "state": "running",
-                                "started_at": event.get("ts"), "stopped_at": None, "reason": None,
-                                "starts": (previous["starts"] if previous else 0) + 1}
-            if isinstance(event.get("world_size"), int):
-                self.world_size = event["world_size"]
-            if isinstance(event.get("round"), int):
-                self.round = event["round"] if self.round is None else max(self.round, event["round"])
+        kind = event.get("type")
+        if kind == EventType.WORKER_STARTED:
+            self._started(rank, event)
             return True
         row = self.ranks.get(rank)
-        if row is None or row["state"] != "running" or event.get("pid") != row["pid"]:
-            return True  # a stop of an incarnation that is not the rank's current one
-        row.update(state="stopped", stopped_at=event.get("ts"), reason=event.get("reason"))
-        self.stops.append({k: row[k] for k in ("rank", "node_id", "pid", "stopped_at", "reason")})
+        if kind == EventType.WORKER_STOPPED:
+            if row is None or row["state"] != "running" or event.get("pid") != row["pid"]:
+                return True  # a stop of an incarnation that is not the rank's current one
+            row.update(state="stopped", stopped_at=event.get("ts"), reason=event.get("reason"))
+            row.update(self.logged.get(rank, _NO_PROGRESS))  # what the record holds of its progress
+            self.stops.append({k: row[k] for k in ("rank", "node_id", "pid", "stopped_at", "reason")})
+            return True
+        if row is None or row["state"] != "running":
+            return False  # a report or alert of a rank that has no running worker in the record
+        if kind in _REPORTS:
+            progress = {key: event.get(key) for key in PROGRESS} | {"reported_at": event.get("ts")}
+            row.update(progress)
+            if kind == EventType.STEP_PROGRESS:
+                self.logged[rank] = progress
+        elif kind in _ALERTS:
+            row["alerts"] = {**row["alerts"], str(kind): {k: event.get(k) for k in ("ratio", "step", "silent_s")
+                                                           if k in event} | {"since": event.get("ts")}}
+        else:  # rank_recovered
+            was = event.get("was")
+            row["alerts"] = {k: v for k, v in row["alerts"].items() if k != was}
         return True
+
+    def _started(self, rank: int, event: Event) -> None:
+        previous = self.ranks.get(rank)
+        self.ranks[rank] = {"rank": rank, **{k: event.get(k) for k in _STARTED}, "state": "running",
+                            "started_at": event.get("ts"), "stopped_at": None, "reason": None,
+                            "starts": (previous["starts"] if previous else 0) + 1, **_NO_PROGRESS, "alerts": {}}
+        self.logged.pop(rank, None)
+        if isinstance(event.get("world_size"), int):
+            self.world_size = event["world_size"]
+        if isinstance(event.get("round"), int):
+            self.round = event["round"] if self.round is None else max(self.round, event["round"])
+
+    def samples(self, event: Event) -> Iterable[Sample]:
+        if event.get("type") not in _REPORTS:
+            return ()
+        return [(SERIES_SUBJECT, measure, value) for measure in _SERIES_MEASURES
+                if (value := number(event.get(measure))) is not None]
 
     def snapshot(self) -> JSON:
         by_state: dict[str, int] = {}
@@ -69,7 +128,35 @@ class WorkersFold:
             nodes.add(row["node_id"])
         return {"total": len(self.ranks), "by_state": by_state, "world_size": self.world_size, "round": self.round,
                 "nodes": len(nodes), "restarted": sum(1 for row in self.ranks.values() if row["starts"] > 1),
-                "recent_stops": list(self.stops)}
+                "recent_stops": list(self.stops), "progress": self._progress(), "alerts": self._alerts()}
+
+    def _progress(self) -> JSON:
+        """The running ranks' progress, summarised."""
+        rows = [row for row in self.ranks.values() if row["state"] == "running" and row["reported_at"] is not None]
+        steps = [row["step"] for row in rows if isinstance(row["step"], int)]
+        epochs = [row["epoch"] for row in rows if isinstance(row["epoch"], int)]
+        timed = [(value, row["rank"]) for row in rows if (value := number(row["step_ms"])) is not None]
+        rates = [value for row in rows if (value := number(row["samples_per_s"])) is not None]
+        slowest = sorted(timed, reverse=True)[:SHOWN]
+        behind = sorted((row["step"], row["rank"]) for row in rows if isinstance(row["step"], int))[:SHOWN]
+        return {"reporting": len(rows),
+                "step": {"min": min(steps, default=None), "max": max(steps, default=None)},
+                "epoch": {"min": min(epochs, default=None), "max": max(epochs, default=None)},
+                "samples_per_s": round(sum(rates), 3) if rates else None,
+                "step_ms": {"median": round(statistics.median(v for v, _ in timed), 3) if timed else None,
+                            "max": slowest[0][0] if slowest else None},
+                "slowest": [{"rank": rank, "step_ms": value} for value, rank in slowest],
+                "behind": [{"rank": rank, "step": step} for step, rank in behind],
+                "last_report_at": max((row["reported_at"] for row in rows), default=None)}
+
+    def _alerts(self) -> JSON:
+        alerted = [(row["rank"], sorted(row["alerts"])) for row in self.ranks.values() if row["alerts"]]
+        counts: dict[str, int] = {}
+        for _, kinds in alerted:
+            for kind in kinds:
+                counts[kind] = counts.get(kind, 0) + 1
+        return {"counts": counts, "ranks": [{"rank": rank, "alerts": kinds} for rank, kinds in
+                                            sorted(alerted)[:4 * SHOWN]]}
 
     def rows(self, kind: str) -> Sequence[JSON]:
         return [self.ranks[rank] for rank in sorted(self.ranks)]
