@@ -217,3 +217,25 @@ def test_ipv6_endpoint(tmp_path):
         assert info.store.get("agent") == b"ok"
     finally:
         h.shutdown()
+
+
+def test_signalled_plain_torchrun_agent_leaves_instead_of_dying(coordinator, tmp_path):
+    """torchrun skips ``handler.shutdown()`` when a signal stops it; the node must still be
+    recorded as leaving (with why), not as dead, and no round may be started for it."""
+    import signal
+
+    result = tmp_path / "result"
+    result.mkdir()
+    agent = Agent(coordinator.endpoint, "1", tmp_path / "run", result, run_id="sig",
+                  conf={"is_host": "false"}, env={"STEPS": "1000", "STEP_SECONDS": "0.05"})
+    try:
+        run_dir = tmp_path / "run"
+        wait_until(lambda: len(events(run_dir, "worker_started")) == 2, 90, "both workers to start")
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.wait(60)
+        left = wait_until(lambda: events(run_dir, "node_left"), 10, "the node to leave")
+        assert "signal" in left[0]["reason"]
+        assert events(run_dir, "node_dead") == []
+        assert [e["round"] for e in events(run_dir, "round_started")] == [1]
+    finally:
+        agent.close()

@@ -539,7 +539,8 @@ class Coordinator:
         node_id = self._node_of(peer)
         assert self.membership is not None
         peer.left = True
-        self.membership.leave(node_id, now)
+        reason = message.get("reason")
+        self.membership.leave(node_id, now, reason=reason[:200] if isinstance(reason, str) else None)
         if message.get("close"):
             self._close(node_id, now)
         return {}

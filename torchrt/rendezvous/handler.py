@@ -30,6 +30,7 @@ which is how ``torchrt.init()`` learns the job's backend, round and coordinator.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import logging
 import os
@@ -59,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 BACKEND_NAME = "torchrt"
 SHUTDOWN_TIMEOUT_S = 5.0  # shutdown: how long to look for a coordinator to close, and to say goodbye
+EXIT_LEAVE_TIMEOUT_S = 2.0  # interpreter exit without shutdown(): how long to say goodbye
 
 
 class TorchrtRendezvousHandler(RendezvousHandler):
@@ -145,6 +147,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         """Leave and close the rendezvous: the job is over for everybody (as with c10d), also when
         this node never joined. False when no coordinator could be told (none runs, or it went)."""
         ok = True
+        atexit.unregister(self._leave_at_exit)
         with self._lock:
             client, self._client = self._client, None
         if client is None and self._hosted is None:  # never connected: find the coordinator to close
@@ -191,11 +194,30 @@ class TorchrtRendezvousHandler(RendezvousHandler):
                 self._try_to_host()
             client = self._connect(timeout=self._options.connect_timeout)
             self._client = client
+            # After the hosted coordinator's own exit hook, so that (last in, first out) it runs first.
+            atexit.unregister(self._leave_at_exit)
+            atexit.register(self._leave_at_exit)
             # Dial the store now, in the background: it overlaps with waiting for the round
             # instead of following it, and N nodes no longer dial at the same instant when the
             # round is announced (c10d's store server resolves each peer's name on accept).
             self._coordinator_store(int(client.welcome["store_port"]))
             return client
+
+    def _leave_at_exit(self) -> None:
+        """Say goodbye when the agent exits without ``shutdown()``: torchrun skips it on a signal
+        (Ctrl-C, SIGTERM), and the coordinator would otherwise record this node as dead and re-form.
+        The rendezvous stays open: other nodes may go on."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.connected:
+                client.request(Op.LEAVE, reason="agent exited without shutting down (signal)",
+                               timeout=EXIT_LEAVE_TIMEOUT_S)
+        except Exception as e:  # the interpreter is going away; nothing else to do
+            logger.info("node %s could not say goodbye at exit: %s", self.node_id, e)
+        client.close()
 
     def _connect(self, timeout: float) -> CoordinatorClient:
         """A new connection to the coordinator, hello said (it also says whether the rendezvous is
