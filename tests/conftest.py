@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from torchrt.coordinator import Coordinator, CoordinatorConfig
 from torchrt.telemetry import set_reporter
 
 from tests.helpers import RecordingReporter
@@ -28,3 +29,12 @@ def recorder():
     previous = set_reporter(rec)
     yield rec
     set_reporter(previous)
+
+
+@pytest.fixture
+def coordinator(tmp_path):
+    """A real coordinator on a free loopback port, its run directory under ``tmp_path/run``."""
+    c = Coordinator(CoordinatorConfig(run_dir=tmp_path / "run", port=0))
+    c.start()
+    yield c
+    c.stop()

@@ -71,7 +71,8 @@ class ManualClock:
 
 
 
-def node_client(endpoint: str, node_id: str = "n0", *, run_id: str = "job", **client_kw: Any) -> Any:
+def node_client(endpoint: str, node_id: str = "n0", *, run_id: str = "job", connect_timeout: float = 10,
+                **client_kw: Any) -> Any:
     """A connected node of a one-node job, as a rendezvous handler says hello, without torchrun."""
     from torchrt.contract import Role
     from torchrt.coordinator import CoordinatorClient
@@ -80,7 +81,7 @@ def node_client(endpoint: str, node_id: str = "n0", *, run_id: str = "job", **cl
         "node_id": node_id, "job": {"min_nodes": 1, "max_nodes": 1, "last_call_timeout": 0},
         "info": {"hostname": "localhost", "addr": "127.0.0.1", "nproc": 1, "device_kind": "cpu",
                  "device_count": 0}}, **client_kw)
-    client.connect(timeout=10)
+    client.connect(timeout=connect_timeout)
     return client
 
 

@@ -32,14 +32,6 @@ from tests.agents import Agent
 from tests.helpers import events, free_port, wait_until
 
 
-@pytest.fixture
-def coordinator(tmp_path):
-    c = Coordinator(CoordinatorConfig(run_dir=tmp_path / "run", port=0))
-    c.start()
-    yield c
-    c.stop()
-
-
 def handler(endpoint: str, min_nodes=1, max_nodes=1, run_id="job", **conf) -> TorchrtRendezvousHandler:
     conf.setdefault("is_host", "false")
     conf.setdefault("connect_timeout", "10")

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tests.agents import REPO, Agent
-from tests.helpers import events, free_port, wait_until
+from tests.helpers import events, free_port, node_client, wait_until
 from torchrt.contract import EventType, Role
 from torchrt.coordinator import Coordinator, CoordinatorConfig
 from torchrt.coordinator.client import CoordinatorClient, ping
@@ -216,13 +216,8 @@ def test_owner_pid_ties_a_coordinator_to_its_owner_and_only_then(tmp_path: Path)
 
 
 # ------------------------------------------------------------- restart on the same run directory
-def node_client(endpoint: str, node_id: str, run_id: str = "r1") -> CoordinatorClient:
-    client = CoordinatorClient(endpoint, role=Role.NODE, run_id=run_id,
-                               hello={"node_id": node_id, "info": {"addr": "127.0.0.1"},
-                                      "job": {"min_nodes": 1, "max_nodes": 1, "last_call_timeout": 0}},
-                               heartbeat_interval=0.2)
-    client.connect(timeout=30)
-    return client
+def restarted_node(endpoint: str, node_id: str) -> CoordinatorClient:
+    return node_client(endpoint, node_id, run_id="r1", heartbeat_interval=0.2, connect_timeout=30)
 
 
 def test_restarted_coordinator_continues_the_record(tmp_path: Path) -> None:
@@ -233,7 +228,7 @@ def test_restarted_coordinator_continues_the_record(tmp_path: Path) -> None:
     clients: list[CoordinatorClient] = []
     try:
         assert "listening on" in first.stdout.readline()
-        clients.append(node := node_client(endpoint, "n1"))
+        clients.append(node := restarted_node(endpoint, "n1"))
         assert node.request("join", master_port=free_port(), timeout=30)["round"] == 1
         clients.append(worker := CoordinatorClient(endpoint, role=Role.WORKER, run_id="r1", hello={
             "info": {"rank": 0, "node_id": "n1", "round": 1, "pid": 4242}}))
@@ -248,7 +243,7 @@ def test_restarted_coordinator_continues_the_record(tmp_path: Path) -> None:
         second = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
         try:
             assert "listening on" in second.stdout.readline()
-            node = node_client(endpoint, "n1")
+            node = restarted_node(endpoint, "n1")
             assert node.request("join", master_port=free_port(), timeout=30)["round"] == 2
             node.request("leave", close=True, timeout=10)
             node.close()

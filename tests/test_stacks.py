@@ -246,6 +246,22 @@ def test_a_dump_is_bounded_in_threads_frames_and_text():
     assert len(encode(answer)) < 2 * 1024 * 1024
 
 
+def test_stacks_over_the_byte_budget_lose_outer_frames_until_they_fit(monkeypatch):
+    monkeypatch.setattr(stacks, "MAX_STACKS_BYTES", 30_000)
+    stop, reached = threading.Event(), threading.Event()
+    deep = threading.Thread(target=_deep, args=(2 * MAX_FRAMES, stop, reached), name="a-deep", daemon=True)
+    deep.start()
+    try:
+        assert reached.wait(10)
+        threads, _ = stacks.capture_threads()
+    finally:
+        stop.set()
+    assert len(json.dumps(threads)) <= 30_000
+    deepest = next(t for t in threads if t["name"] == "a-deep")
+    assert len(deepest["frames"]) < MAX_FRAMES and deepest["frames"][-1]["function"] == "wait"
+    assert len(deepest["frames"]) + deepest["truncated"] > 2 * MAX_FRAMES
+
+
 def test_a_process_without_torch_distributed_answers_without_collectives_and_without_importing_torch():
     script = ("import sys, json; from torchrt.telemetry.stacks import StackResponder; "
               "answer = StackResponder(lambda op, **f: None).answer(1); "

@@ -79,18 +79,22 @@ JOB_DEFAULTS = JobDefaults()
 
 
 # ------------------------------------------------------------------ connections
-class Role(str, enum.Enum):
+class _Name(str, enum.Enum):
+    """A name on the wire: compares, hashes, formats and serialises as its plain string."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Role(_Name):
     """What a connection says it is in its hello."""
 
     NODE = "node"          # a torchrun agent's rendezvous handler
     WORKER = "worker"      # a training process started by torchrun (torchrt.init)
     OBSERVER = "observer"  # torchrt status, doctor, the monitor: read-only
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Op(str, enum.Enum):
+class Op(_Name):
     """Control operations a peer sends (``{"op": ..., "id": ...}``)."""
 
     HELLO = "hello"
@@ -105,9 +109,6 @@ class Op(str, enum.Enum):
     STACKS = "stacks"            # a worker's answer to a dump_stacks push (no id: it gets no reply)
     DUMP_STACKS = "dump_stacks"  # take the Python stacks of one rank or of every rank
 
-    def __str__(self) -> str:
-        return self.value
-
 
 # The ops each role may send after its hello; anything else is answered with Code.FORBIDDEN.
 ROLE_OPS: dict[Role, frozenset[Op]] = {
@@ -118,7 +119,7 @@ ROLE_OPS: dict[Role, frozenset[Op]] = {
 MEMBERSHIP_OPS = frozenset({Op.HELLO, Op.JOIN, Op.LEAVE, Op.CLOSE})
 
 
-class Push(str, enum.Enum):
+class Push(_Name):
     """Messages the coordinator sends unasked (``{"push": ...}``, no ``id``)."""
 
     STATE = "state"      # to nodes: current round, nodes waiting, closed
@@ -128,11 +129,8 @@ class Push(str, enum.Enum):
     DUMP_STACKS = "dump_stacks"  # to a worker: answer {"request": ID} with op stacks (torchrt.telemetry.stacks)
     LOST = "lost"        # delivered locally by a client when its connection ends; never on the wire
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Code(str, enum.Enum):
+class Code(_Name):
     """Error codes of a failed reply (``{"ok": false, "code": ..., "error": ...}``)."""
 
     REJECTED = "rejected"    # wrong token, other run id, mismatched job shape
@@ -141,11 +139,8 @@ class Code(str, enum.Enum):
     PROTOCOL = "protocol"    # malformed message, unknown op, no hello yet
     FORBIDDEN = "forbidden"  # the role of this connection may not do that
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class StackAnswer(str, enum.Enum):
+class StackAnswer(_Name):
     """What one rank gave to a stack dump (``dump_stacks``)."""
 
     ANSWERED = "answered"    # its stacks came back in time
@@ -153,9 +148,6 @@ class StackAnswer(str, enum.Enum):
     NO_ANSWER = "no_answer"  # connected, but no answer within the dump's timeout (C code holding the GIL?)
     GONE = "gone"            # its worker disconnected: it exited or died (answered at once)
     UNKNOWN = "unknown"      # no worker of the current round has that rank
-
-    def __str__(self) -> str:
-        return self.value
 
 
 STACK_DUMP_TIMEOUT_S = 2.0  # how long a dump waits for the ranks' answers
@@ -227,18 +219,15 @@ def barrier_key(prefix: str, name: str) -> str:
 
 
 # ------------------------------------------------------------------ events
-class Origin(str, enum.Enum):
+class Origin(_Name):
     """Who may put an event into the record."""
 
     COORDINATOR = "coordinator"  # the coordinator's own decisions; never accepted from a peer
     WORKER = "worker"            # reported by a worker of the current round (rank stamped by the coordinator)
     NODE = "node"                # reported by a node's rendezvous handler (node_id stamped by the coordinator)
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class EventType(str, enum.Enum):
+class EventType(_Name):
     """Every event type of ``events.jsonl`` (and of the live push stream)."""
 
     # coordinator lifecycle
@@ -289,9 +278,6 @@ class EventType(str, enum.Enum):
     CHECKPOINT_RESTORED = "checkpoint_restored"
     # stack dumps
     STACKS_DUMPED = "stacks_dumped"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclasses.dataclass(frozen=True)

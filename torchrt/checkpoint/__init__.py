@@ -28,8 +28,7 @@ See docs/checkpoint.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from torchrt._lazy import lazy_exports
 
 # Names are imported lazily, so the coordinator's view (torchrt.checkpoint.fold) does not pull in
 # DTensor and the writers.
@@ -42,15 +41,4 @@ _EXPORTS = {
     "Stateful": "state",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'torchrt.checkpoint' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"torchrt.checkpoint.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

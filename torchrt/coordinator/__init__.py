@@ -11,8 +11,7 @@ turn uses the view.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from torchrt._lazy import lazy_exports
 
 _EXPORTS = {
     "CoordinatorClient": "client", "ping": "client",
@@ -21,15 +20,4 @@ _EXPORTS = {
     "Coordinator": "server", "CoordinatorConfig": "server",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'torchrt.coordinator' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"torchrt.coordinator.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

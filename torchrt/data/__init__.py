@@ -30,8 +30,7 @@ coordinator) does not pull in torchdata.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from torchrt._lazy import lazy_exports
 
 _EXPORTS = {
     "DataSpec": "spec", "parse_data_section": "spec", "KINDS": "spec",
@@ -49,15 +48,4 @@ _EXPORTS = {
     "ShardCorruptError": "errors", "DataStateMismatchError": "errors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'torchrt.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"torchrt.data.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

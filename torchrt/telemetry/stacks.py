@@ -40,7 +40,9 @@ that blocks cannot hold back the Python stacks.
 
 Every part of the answer is bounded (:data:`MAX_THREADS`, :data:`MAX_FRAMES`,
 innermost frames kept, :data:`MAX_TEXT` characters per string,
-:data:`MAX_COLLECTIVES`), so one reply stays far below the protocol's line
+:data:`MAX_COLLECTIVES`, :data:`MAX_SHAPES`), and stacks whose JSON exceeds
+:data:`MAX_STACKS_BYTES` (only possible with very long non-ASCII names) lose
+outer frames until they fit, so one reply stays far below the protocol's line
 limit whatever the process does. Threads of torchrt itself (names starting
 with :data:`INTERNAL_THREAD_PREFIX`) are marked ``internal``; the thread that
 takes the dump is left out.
@@ -66,6 +68,8 @@ __all__ = [
     "INTERNAL_THREAD_PREFIX",
     "MAX_COLLECTIVES",
     "MAX_FRAMES",
+    "MAX_SHAPES",
+    "MAX_STACKS_BYTES",
     "MAX_TEXT",
     "MAX_THREADS",
     "StackResponder",
@@ -79,6 +83,8 @@ MAX_THREADS = 64       # threads per dump (the main thread first, then by name)
 MAX_FRAMES = 64        # frames per thread, the innermost ones; the outer rest is counted in "truncated"
 MAX_TEXT = 240         # characters per file name, function name or source line
 MAX_COLLECTIVES = 32   # pending flight-recorder entries per dump, oldest first
+MAX_SHAPES = 8         # input shapes per pending collective (a coalesced one may have thousands)
+MAX_STACKS_BYTES = 1 << 20  # the threads' JSON; deep stacks lose outer frames until they fit
 FLIGHT_RECORDER_TIMEOUT_S = 0.5
 INTERNAL_THREAD_PREFIX = "torchrt-"  # torchrt's own threads: client, telemetry, agent watch, stacks
 
@@ -116,7 +122,7 @@ def capture_threads(max_threads: int = MAX_THREADS, max_frames: int = MAX_FRAMES
         thread = known.get(ident)
         return ident != main, thread.name if thread is not None else ""
 
-    threads = []
+    threads: list[dict[str, Any]] = []
     for ident in sorted(current, key=order)[:max_threads]:
         thread = known.get(ident)
         name = thread.name if thread is not None else f"thread {ident}"
@@ -125,7 +131,19 @@ def capture_threads(max_threads: int = MAX_THREADS, max_frames: int = MAX_FRAMES
                         "native_id": getattr(thread, "native_id", None),
                         "internal": name.startswith(INTERNAL_THREAD_PREFIX),
                         "frames": frames, "truncated": truncated})
+    _fit(threads, MAX_STACKS_BYTES)
     return threads, max(0, len(current) - max_threads)
+
+
+def _fit(threads: list[dict[str, Any]], budget: int) -> None:
+    """Halve the frames every thread keeps (its innermost) until the threads' JSON fits ``budget``."""
+    keep = max((len(t["frames"]) for t in threads), default=0)
+    while keep > 1 and len(json.dumps(threads)) > budget:
+        keep //= 2
+        for thread in threads:
+            cut = max(0, len(thread["frames"]) - keep)
+            thread["frames"] = thread["frames"][cut:]
+            thread["truncated"] += cut
 
 
 def _recorder_dump() -> FlightRecorderDump | None:
@@ -159,7 +177,8 @@ def pending_collectives(dump: FlightRecorderDump | None = None,
         pending.append({"op": _cut(str(entry.get("profiling_name", ""))), "seq": entry.get("collective_seq_id"),
                         "p2p_seq": entry.get("p2p_seq_id") if entry.get("is_p2p") else None,
                         "group": _cut(str(group[-1])), "state": entry.get("state"),
-                        "sizes": entry.get("input_sizes"), "timeout_ms": entry.get("timeout_ms"),
+                        "sizes": (entry.get("input_sizes") or [])[:MAX_SHAPES] or None,
+                        "timeout_ms": entry.get("timeout_ms"),
                         "age_s": round((now_ns - created) / 1e9, 3) if created else None})
     groups = {_cut(str(pg)): status for pg, status in list((trace.get("pg_status") or {}).items())[:MAX_COLLECTIVES]}
     return {"pending": pending, "more": max(0, len(entries) - MAX_COLLECTIVES), "groups": groups}

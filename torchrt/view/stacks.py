@@ -20,7 +20,9 @@ their threads, torchrt's own left out and in any order, have the same frames
 (file, function, line), except that the line of each thread's innermost frame
 is ignored: a rank spinning in a loop is in the same place whichever line of
 the loop it was on, while the lines of the outer frames say which call it is
-in. Ranks that did not answer form one group per reason (gone, no answer,
+in. The flight recorder's pending collectives are no part of that test: each
+group lists those of its ranks, so a rank one collective behind the others
+shows. Ranks that did not answer form one group per reason (no answer, gone,
 error), after the answered ones. :func:`render` prints a dump py-spy style,
 innermost frame first. Pure functions: no clock, no I/O.
 """
@@ -86,12 +88,13 @@ def group_stacks(ranks: Mapping[Any, Mapping[str, Any]]) -> list[StackGroup]:
 
 def summary(groups: Iterable[StackGroup]) -> str:
     """One line: ``7 ranks in all_reduce, 1 in _next_data; 1 gone``."""
-    where, missing = [], []
+    where: list[str] = []
+    missing: list[str] = []
     for group in groups:
         count = len(group.ranks)
         if group.answer is StackAnswer.ANSWERED:
-            noun = ("rank" if count == 1 else "ranks") if not where else ""
-            where.append(" ".join(p for p in (str(count), noun, f"in {group.where or '?'}") if p))
+            noun = f" {_plural(count)}" if not where else ""  # "7 ranks in all_reduce, 1 in _next_data"
+            where.append(f"{count}{noun} in {group.where or '?'}")
         else:
             missing.append(f"{count} {_WHY[group.answer]}")
     return "; ".join(p for p in (", ".join(where), ", ".join(missing)) if p) or "no ranks"

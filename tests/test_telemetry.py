@@ -1,0 +1,353 @@
+"""Telemetry: torchrt.step's window reports, the reporter's window sources, the node sampler against
+real child processes, the workers' progress in the job view, and a real torchrun job's step record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import torch
+
+import torchrt
+from torchrt.contract import EventType
+from torchrt.data import ShardedPipeline
+from torchrt.data.sources import ArraySource
+from torchrt.telemetry import Reporter
+from torchrt.telemetry import steps as steps_module
+from torchrt.telemetry.node import GpuProbe, NodeSampler, NodeStatsThread, agent_workers
+from torchrt.telemetry.steps import MAX_SCALARS, StepMeter
+from torchrt.view import JobView
+
+from tests.helpers import ManualClock, events, free_port, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def meter(clock: ManualClock, **kw: Any) -> StepMeter:
+    return StepMeter(clock=clock, wall=lambda: 1_700_000_000.0 + clock.now, **kw)
+
+
+# ------------------------------------------------------------ torchrt.step
+def test_a_window_of_steps_is_one_report_with_step_time_rate_waits_and_the_last_loss():
+    clock = ManualClock(0.0)
+    m = meter(clock)
+    for i in range(101):  # the first call only starts the clock: 100 timed steps of 10 ms
+        m.step(loss=2.0 - i / 100, samples=32, accuracy=i / 100)
+        m.note_wait("barrier", 0.002)
+        clock.now += 0.010 if i % 10 else 0.030  # every tenth step is slow
+    [report] = m.window()
+    assert report["type"] == EventType.STEP_PROGRESS  # the first report of a rank is logged
+    assert report["step"] == 101 and report["steps"] == 101
+    assert math.isclose(report["step_ms"], 12.0, abs_tol=0.01) and math.isclose(report["step_max_ms"], 30.0)
+    assert math.isclose(report["barrier_ms"], 2.0, abs_tol=0.01) and report["data_wait_ms"] == 0.0
+    assert math.isclose(report["busy_ms"], 10.0, abs_tol=0.02)
+    assert report["samples"] == 101 * 32 and math.isclose(report["samples_per_s"], 101 * 32 / 1.2, rel_tol=1e-3)
+    assert report["loss"] == 1.0 and report["scalars"] == {"accuracy": 1.0}
+    assert m.window() == []  # no step since: no report
+
+
+def test_reports_are_logged_every_ten_seconds_on_an_epoch_change_and_as_the_last_word():
+    clock = ManualClock(0.0)
+    m = meter(clock)
+    kinds = []
+    for second in range(25):
+        for _ in range(5):
+            m.step(samples=1)
+            m.note_data("digits", 1 if second >= 22 else 0, second * 5, 0.0)
+            clock.now += 0.2
+        kinds.append(m.window()[0]["type"])
+    logged = [i for i, kind in enumerate(kinds) if kind == EventType.STEP_PROGRESS]
+    assert logged == [0, 10, 20, 22]  # first, every 10 s, epoch 0 -> 1
+    last_live = m.window.__self__._last  # the last report, live only
+    assert last_live is not None and last_live["step"] == 125
+    [last_word] = m.window(final=True)
+    assert last_word["type"] == EventType.STEP_PROGRESS
+    assert {k: v for k, v in last_word.items() if k not in ("type", "ts")} == \
+        {k: v for k, v in last_live.items() if k not in ("type", "ts")}
+    assert last_word["dataset"] == "digits" and last_word["epoch"] == 1
+    assert m.window(final=True) == []  # said once
+
+
+def test_a_tensor_loss_is_read_in_the_flush_not_in_the_step_and_keeps_no_graph():
+    clock = ManualClock(0.0)
+    m = meter(clock)
+    w = torch.ones(3, requires_grad=True)
+    loss = (w * 2).sum()
+    m.step(loss=loss)
+    kept = m._window.loss
+    assert isinstance(kept, torch.Tensor) and kept.grad_fn is None and not kept.requires_grad
+    clock.now += 0.01
+    m.step(loss=torch.tensor(float("nan")), samples=torch.tensor(8), lr=torch.tensor([0.1]), bad="x")
+    [report] = m.window()
+    assert "loss" not in report and report["not_numbers"] == ["loss", "bad"]
+    assert report["samples"] == 8 and math.isclose(report["scalars"]["lr"], 0.1, rel_tol=1e-6)
+
+
+def test_scalar_names_per_window_are_bounded():
+    m = meter(ManualClock(0.0))
+    m.step(**{f"s{i}": float(i) for i in range(MAX_SCALARS + 8)})
+    [report] = m.window()
+    assert len(report["scalars"]) == MAX_SCALARS and report["scalars_dropped"] == 8
+
+
+def test_a_restored_checkpoint_sets_the_step_number():
+    m = meter(ManualClock(0.0))
+    m.note_restored(500)
+    m.step()
+    assert m.window()[0]["step"] == 501
+
+
+def test_the_reporter_flush_takes_the_step_window_and_its_close_says_the_last_word():
+    steps_module._meter.window(final=True)  # whatever earlier tests left in the process-wide meter
+    steps_module._meter.window(final=True)
+    got: list[dict[str, Any]] = []
+    reporter = Reporter(got.extend, flush_interval=60)
+    try:
+        for _ in range(3):
+            torchrt.step(loss=0.5, samples=4)
+        reporter.flush()
+        assert [e["type"] for e in got] == [EventType.STEP_PROGRESS] and got[0]["steps"] == 3
+        torchrt.step(loss=0.25, samples=4)
+        reporter.flush()
+        assert got[-1]["type"] == EventType.STEP and got[-1]["loss"] == 0.25
+    finally:
+        reporter.close()
+    assert got[-1]["type"] == EventType.STEP_PROGRESS and got[-1]["loss"] == 0.25
+    json.dumps(got)  # what the sink gets is JSON as it is
+
+
+def test_the_data_pipeline_hands_epoch_position_and_wait_to_the_step_report():
+    steps_module._meter.window(final=True)
+    n = 64
+    source = ArraySource({"x": torch.arange(n, dtype=torch.float32).reshape(n, 1)}, name="numbers")
+    pipeline = ShardedPipeline(source, batch_size=8, workers=0, shuffle=False, preview_interval=None)
+    for _batch in pipeline:
+        torchrt.step(samples=8)
+    [report] = steps_module._meter.window()
+    assert (report["dataset"], report["epoch"], report["position"]) == ("numbers", 0, 64)
+    assert report["data_wait_ms"] > 0.0
+
+
+def test_one_step_costs_microseconds():
+    m = StepMeter()
+    loss = torch.tensor(0.5)
+    started = time.perf_counter()
+    for _ in range(20_000):
+        m.step(loss=loss, samples=32)
+    per_step_us = (time.perf_counter() - started) / 20_000 * 1e6
+    print(f"torchrt.step: {per_step_us:.2f} us per call ({per_step_us / 100:.3f}% of a 10 ms step)")
+    assert m.window()[0]["steps"] == 20_000
+
+
+# ------------------------------------------------------------ the node sampler
+BURN = "import sys, time\nsys.stdout.write('up\\n'); sys.stdout.flush()\nwhile sys.stdin.read(1) == '': pass\n"
+HOLD = ("import sys\nblock = bytearray(200 * 1024 * 1024)\nfor i in range(0, len(block), 4096): block[i] = 1\n"
+        "sys.stdout.write('up\\n'); sys.stdout.flush()\nsys.exit(int(sys.stdin.readline() or 0))\n")
+
+
+@pytest.fixture
+def children():
+    started: list[subprocess.Popen] = []
+
+    def start(code: str, local_rank: int | None) -> subprocess.Popen:
+        env = dict(os.environ)
+        if local_rank is not None:  # as torchrun starts a worker
+            env.update(LOCAL_RANK=str(local_rank), RANK=str(10 + local_rank), TORCHELASTIC_RUN_ID="t")
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "up\n"
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_sampler_shows_each_worker_process_cpu_and_rss_and_the_exit_code_of_one_that_ended(children):
+    burner, holder = children(BURN, 0), children(HOLD, 1)
+    children(HOLD, None)  # a child of the agent that is not a torchrun worker
+    sampler = NodeSampler(gpu=GpuProbe())
+    clock = [time.monotonic()]
+
+    def sample() -> dict[str, Any]:
+        clock[0] = time.monotonic()
+        return sampler.sample(clock[0])
+
+    first = sample()
+    assert {w["pid"] for w in first["workers"]} == {burner.pid, holder.pid}
+    assert "cpu_percent" not in first  # rates need a previous sample
+
+    def busy() -> dict[str, Any] | None:
+        got = sample()
+        rows = {w["pid"]: w for w in got["workers"]}
+        return got if (rows[burner.pid]["cpu_percent"] or 0) > 50 else None
+
+    stats = wait_until(busy, timeout=20, what="the burning child's CPU to show", interval=0.3)
+    rows = {w["pid"]: w for w in stats["workers"]}
+    assert rows[burner.pid]["local_rank"] == 0 and rows[burner.pid]["rank"] == 10
+    assert rows[holder.pid]["rss"] > 150 * 1024 * 1024 and rows[holder.pid]["cpu_percent"] < 50
+    assert rows[burner.pid]["state"] in ("running", "sleeping") and "exit_code" not in rows[burner.pid]
+    assert 0 <= stats["cpu_percent"] <= 100 and stats["mem_total"] > stats["mem_used"] > 0
+    assert stats["net_recv_bps"] >= 0 and stats["cpus"] == psutil.cpu_count()
+
+    holder.stdin.write("3\n")
+    holder.stdin.flush()
+    wait_until(lambda: psutil.Process(holder.pid).status() == psutil.STATUS_ZOMBIE, timeout=10,
+               what="the child to exit")
+    exited = {w["pid"]: w for w in sample()["workers"]}[holder.pid]
+    assert exited["state"] == "exited" and exited["exit_code"] == 3
+    assert holder.wait(5) == 3  # the sampler peeked: the parent still reaps its child's status
+    assert {w["pid"]: w for w in sample()["workers"]}[holder.pid]["exit_code"] == 3  # kept once known
+    sampler.keep_exited_s = 0.0
+    time.sleep(0.01)
+    assert [w["pid"] for w in sample()["workers"]] == [burner.pid]
+
+
+def test_the_sampler_thread_sends_node_stats_until_stopped(children):
+    children(BURN, 0)
+    sent: list[tuple[EventType, dict[str, Any]]] = []
+    thread = NodeStatsThread(lambda kind, fields: sent.append((kind, fields)), interval=0.05).start()
+    wait_until(lambda: len(sent) >= 3, timeout=10, what="three samples")
+    thread.stop()
+    count = len(sent)
+    assert {kind for kind, _ in sent} == {EventType.NODE_STATS}
+    assert sent[-1][1]["workers"][0]["local_rank"] == 0 and "cpu_percent" in sent[-1][1]
+    json.dumps([fields for _, fields in sent])
+    time.sleep(0.15)
+    assert len(sent) == count
+
+
+def test_agent_workers_are_children_with_torchrun_environment(children):
+    worker = children(HOLD, 0)
+    children(HOLD, None)
+    assert [p.pid for p in agent_workers()] == [worker.pid]
+
+
+# ------------------------------------------------------------ the view
+def _worker_events(rank: int, ts: float) -> dict[str, Any]:
+    return {"type": EventType.WORKER_STARTED, "ts": ts, "rank": rank, "local_rank": rank % 8, "world_size": 1000,
+            "local_world_size": 8, "node_id": f"n{rank // 8}", "round": 1, "pid": 1000 + rank, "backend": "gloo"}
+
+
+def test_the_workers_rows_follow_each_ranks_reports_and_the_snapshot_summarises_a_thousand_ranks():
+    view = JobView()
+    seq = [0]
+
+    def logged(event: dict[str, Any]) -> None:
+        seq[0] += 1
+        view.apply({**event, "seq": seq[0]})
+
+    t = 1_700_000_000.0
+    for rank in range(1000):
+        logged(_worker_events(rank, t))
+    for rank in range(1000):
+        view.apply({"type": EventType.STEP, "ts": t + 1, "rank": rank, "step": 100 - (rank == 9) * 50, "steps": 10,
+                    "step_ms": 500.0 if rank == 7 else 100.0 + rank / 1000, "samples_per_s": 320.0, "epoch": 0,
+                    "position": 64_000, "dataset": "web", "loss": 2.5, "data_wait_ms": 1.0})
+    logged({"type": EventType.RANK_STRAGGLING, "ts": t + 2, "rank": 7, "ratio": 5.0, "node_id": "n0"})
+    started = time.perf_counter()
+    text = json.dumps(view.snapshot())
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    print(f"snapshot with 1,000 ranks' progress: {len(text):,} bytes in {elapsed_ms:.1f} ms")
+    assert len(text) < 64 * 1024
+    workers = json.loads(text)["workers"]
+    progress = workers["progress"]
+    assert progress["reporting"] == 1000 and progress["step"] == {"min": 50, "max": 100}
+    assert progress["samples_per_s"] == 320_000.0 and progress["slowest"][0] == {"rank": 7, "step_ms": 500.0}
+    assert progress["behind"][0] == {"rank": 9, "step": 50} and progress["epoch"] == {"min": 0, "max": 0}
+    assert workers["alerts"] == {"counts": {"rank_straggling": 1}, "ranks": [{"rank": 7, "alerts": ["rank_straggling"]}]}
+    row = view.page("workers", "workers", offset=7, limit=1)["items"][0]
+    assert row["step"] == 100 and row["step_ms"] == 500.0 and row["reported_at"] == t + 1
+    assert row["alerts"]["rank_straggling"]["ratio"] == 5.0
+    logged({"type": EventType.RANK_RECOVERED, "ts": t + 3, "rank": 7, "was": "rank_straggling"})
+    assert view.page("workers", "workers", offset=7, limit=1)["items"][0]["alerts"] == {}
+    points = view.points("workers", "steps", "samples_per_s")
+    assert points["count"] == [1000] and points["max"] == [320.0]
+
+
+def test_live_and_replayed_rows_agree_once_workers_stop_however_they_ended():
+    """Live, the view sees every report; the record (a replay) only the logged ones. A worker that
+    exits cleanly ends on a logged report; one that is killed ends on a live one, so its stopped row
+    goes back to its last logged figures, which is what a replay holds."""
+    live, replay = JobView(), JobView()
+    seq = [0]
+
+    def logged(event: dict[str, Any]) -> None:
+        seq[0] += 1
+        for view in (live, replay):
+            view.apply({**event, "seq": seq[0]})
+
+    clocks = {rank: ManualClock(0.0) for rank in range(2)}
+    meters = {rank: meter(clock) for rank, clock in clocks.items()}
+    for rank in range(2):
+        logged(_worker_events(rank, 1.0))
+    for second in range(15):
+        for rank, m in meters.items():
+            for _ in range(4):
+                m.step(loss=float(second), samples=2)
+                clocks[rank].now += 0.25
+            for report in m.window():
+                report = {**report, "rank": rank}
+                (logged if report["type"] == EventType.STEP_PROGRESS else live.apply)(report)
+    for report in meters[0].window(final=True):  # rank 0 exits cleanly: its last word is logged
+        logged({**report, "rank": 0})
+    live_rows = live.page("workers", "workers")["items"]
+    assert live_rows[1]["step"] == 60 and replay.page("workers", "workers")["items"][1]["step"] == 44
+    logged({"type": EventType.WORKER_STOPPED, "ts": 20.0, "rank": 0, "pid": 1000, "reason": "disconnected"})
+    logged({"type": EventType.WORKER_STOPPED, "ts": 20.0, "rank": 1, "pid": 1001, "reason": "disconnected"})
+    assert live.page("workers", "workers") == replay.page("workers", "workers")
+    assert live.snapshot()["workers"] == replay.snapshot()["workers"]
+    rows = live.page("workers", "workers")["items"]
+    assert rows[0]["step"] == 60 and rows[0]["loss"] == 14.0  # its very last figures
+    assert rows[1]["step"] == 44  # killed: what the record holds
+
+
+# ------------------------------------------------------------ a real job
+STEP_SCRIPT = """
+import os, time
+import torch, torch.distributed as dist
+import torchrt
+ctx = torchrt.init()
+for step in range(40):
+    value = torch.ones(1)
+    dist.all_reduce(value)
+    time.sleep(0.05)
+    torchrt.step(loss=1.0 / (step + 1), samples=16, lr=0.1)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_torchrun_job_records_every_ranks_step_progress_and_a_replay_shows_their_last_step(tmp_path):
+    from tests.agents import Agent
+
+    script = tmp_path / "steps.py"
+    script.write_text(STEP_SCRIPT)
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    results.mkdir()
+    agent = Agent(f"127.0.0.1:{free_port()}", "1", run_dir, results, script=script)
+    try:
+        assert agent.wait(120) == 0, agent.log()
+    finally:
+        agent.close()
+    progress = events(run_dir, EventType.STEP_PROGRESS)
+    assert {e["rank"] for e in progress} == {0, 1}
+    last = {e["rank"]: e for e in progress}
+    assert {rank: e["step"] for rank, e in last.items()} == {0: 40, 1: 40}
+    assert last[0]["loss"] == 1.0 / 40 and last[0]["scalars"] == {"lr": 0.1} and last[0]["step_ms"] >= 50
+    assert len(progress) <= 2 * 4  # bounded: first, every 10 s, last word (a job of ~2 s: 2 per rank)
+    view = JobView.replay(run_dir)
+    rows = view.page("workers", "workers")["items"]
+    assert [(r["rank"], r["state"], r["step"]) for r in rows] == [(0, "stopped", 40), (1, "stopped", 40)]
