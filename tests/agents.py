@@ -15,16 +15,16 @@ EXAMPLE = REPO / "examples" / "allreduce.py"
 
 
 class Agent:
-    """``torchrun --rdzv-backend=torchrt`` running examples/allreduce.py."""
+    """``torchrun --rdzv-backend=torchrt`` running examples/allreduce.py (or ``script``)."""
 
     def __init__(self, endpoint: str, nnodes: str, run_dir: Path, result_dir: Path, *, nproc: int = 2,
                  run_id: str = "test", max_restarts: int = 0, conf: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None, log: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, log: Path | None = None, script: Path = EXAMPLE) -> None:
         rdzv_conf = {"run_dir": str(run_dir), **(conf or {})}
         argv = [sys.executable, "-m", "torch.distributed.run", "--rdzv-backend=torchrt",
                 f"--rdzv-endpoint={endpoint}", f"--rdzv-id={run_id}", f"--nnodes={nnodes}",
                 f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
-                "--rdzv-conf", ",".join(f"{k}={v}" for k, v in rdzv_conf.items()), str(EXAMPLE)]
+                "--rdzv-conf", ",".join(f"{k}={v}" for k, v in rdzv_conf.items()), str(script)]
         full_env = {**os.environ, "RESULT_DIR": str(result_dir), "PYTHONUNBUFFERED": "1", **(env or {})}
         self.log_path = log or result_dir / f"agent-{os.urandom(3).hex()}.log"
         self._log = open(self.log_path, "w")

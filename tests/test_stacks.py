@@ -28,7 +28,7 @@ from torchrt.contract import STACK_DUMP_TIMEOUT_S, Env, Op, Push, StackAnswer
 from torchrt.protocol import decode, encode
 from torchrt.telemetry import stacks
 from torchrt.telemetry.stacks import MAX_FRAMES, MAX_TEXT, MAX_THREADS, StackResponder
-from torchrt.view.stacks import StackDumpError, format_ranks, group_stacks, render, summary
+from torchrt.view.stacks import StackDumpError, compact, format_ranks, group_stacks, render, summary
 
 from tests.helpers import free_port, wait_until
 
@@ -209,6 +209,9 @@ def test_ranks_with_the_same_stacks_are_grouped_largest_first(workers):
     assert "    nap (" in text and "        time.sleep(600)" in text
     assert "== rank 5 (1 of 6): no answer within 2 s" in text
     assert "torchrt-client" not in text and "torchrt-client" in render({"ranks": ranks}, include_internal=True)
+    small = compact(ranks)  # one copy of the sleepers' stacks
+    assert small["2"]["same_as"] == 0 and "threads" not in small["2"] and small["2"]["pid"] == ranks["2"]["pid"]
+    assert group_stacks(small) == groups and len(encode(small)) < len(encode(ranks))
 
 
 # ------------------------------------------------------------------ in-process: bounds and the recorder
@@ -247,16 +250,17 @@ def test_a_dump_is_bounded_in_threads_frames_and_text():
 
 
 def test_stacks_over_the_byte_budget_lose_outer_frames_until_they_fit(monkeypatch):
-    monkeypatch.setattr(stacks, "MAX_STACKS_BYTES", 30_000)
     stop, reached = threading.Event(), threading.Event()
     deep = threading.Thread(target=_deep, args=(2 * MAX_FRAMES, stop, reached), name="a-deep", daemon=True)
     deep.start()
     try:
         assert reached.wait(10)
+        budget = len(json.dumps(stacks.capture_threads()[0])) // 3
+        monkeypatch.setattr(stacks, "MAX_STACKS_BYTES", budget)
         threads, _ = stacks.capture_threads()
     finally:
         stop.set()
-    assert len(json.dumps(threads)) <= 30_000
+    assert len(json.dumps(threads)) <= budget
     deepest = next(t for t in threads if t["name"] == "a-deep")
     assert len(deepest["frames"]) < MAX_FRAMES and deepest["frames"][-1]["function"] == "wait"
     assert len(deepest["frames"]) + deepest["truncated"] > 2 * MAX_FRAMES
@@ -357,6 +361,7 @@ def test_format_ranks_collapses_runs():
     ({"0": "gone"}, "ranks.0"),
     ({"0": {"answer": "lost"}}, "ranks.0.answer"),
     ({"0": {"answer": "answered", "threads": [{"name": "MainThread"}]}}, "ranks.0.threads"),
+    ({"0": {"answer": "answered", "same_as": 1}, "1": {"answer": "gone"}}, "ranks.0.same_as"),
 ])
 def test_a_malformed_dump_is_refused_naming_the_key(ranks, key):
     with pytest.raises(StackDumpError, match=rf"^stack dump {key.replace('.', '[.]')}: expected"):

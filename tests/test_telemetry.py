@@ -60,15 +60,15 @@ def test_reports_are_logged_every_ten_seconds_on_an_epoch_change_and_as_the_last
     m = meter(clock)
     kinds = []
     for second in range(25):
-        for _ in range(5):
+        for _ in range(4):
             m.step(samples=1)
-            m.note_data("digits", 1 if second >= 22 else 0, second * 5, 0.0)
-            clock.now += 0.2
+            m.note_data("digits", 1 if second >= 22 else 0, second * 4, 0.0)
+            clock.now += 0.25
         kinds.append(m.window()[0]["type"])
     logged = [i for i, kind in enumerate(kinds) if kind == EventType.STEP_PROGRESS]
     assert logged == [0, 10, 20, 22]  # first, every 10 s, epoch 0 -> 1
-    last_live = m.window.__self__._last  # the last report, live only
-    assert last_live is not None and last_live["step"] == 125
+    last_live = m._last  # the last report, live only
+    assert last_live is not None and last_live["step"] == 100
     [last_word] = m.window(final=True)
     assert last_word["type"] == EventType.STEP_PROGRESS
     assert {k: v for k, v in last_word.items() if k not in ("type", "ts")} == \
@@ -137,6 +137,22 @@ def test_the_data_pipeline_hands_epoch_position_and_wait_to_the_step_report():
     assert report["data_wait_ms"] > 0.0
 
 
+def test_a_checkpoint_save_hands_its_stall_to_the_step_report(tmp_path, recorder):
+    from torchrt.checkpoint import CheckpointManager
+
+    steps_module._meter.window(final=True)
+    manager = CheckpointManager(tmp_path, keep=1)
+    try:
+        torchrt.step()
+        handle = manager.save({"w": torch.ones(1 << 16)}, step=1)
+        torchrt.step()
+        manager.wait(60)
+    finally:
+        manager.close()
+    [report] = steps_module._meter.window()
+    assert handle.stall_s > 0 and report["checkpoint_ms"] == round(handle.stall_s * 1000 / 2, 3)
+
+
 def test_one_step_costs_microseconds():
     m = StepMeter()
     loss = torch.tensor(0.5)
@@ -149,7 +165,7 @@ def test_one_step_costs_microseconds():
 
 
 # ------------------------------------------------------------ the node sampler
-BURN = "import sys, time\nsys.stdout.write('up\\n'); sys.stdout.flush()\nwhile sys.stdin.read(1) == '': pass\n"
+BURN = "import sys\nsys.stdout.write('up\\n'); sys.stdout.flush()\nwhile True: pass\n"
 HOLD = ("import sys\nblock = bytearray(200 * 1024 * 1024)\nfor i in range(0, len(block), 4096): block[i] = 1\n"
         "sys.stdout.write('up\\n'); sys.stdout.flush()\nsys.exit(int(sys.stdin.readline() or 0))\n")
 
@@ -192,12 +208,12 @@ def test_the_sampler_shows_each_worker_process_cpu_and_rss_and_the_exit_code_of_
     def busy() -> dict[str, Any] | None:
         got = sample()
         rows = {w["pid"]: w for w in got["workers"]}
-        return got if (rows[burner.pid]["cpu_percent"] or 0) > 50 else None
+        return got if (rows[burner.pid]["cpu_percent"] or 0) > 30 else None  # 2 shared cores
 
     stats = wait_until(busy, timeout=20, what="the burning child's CPU to show", interval=0.3)
     rows = {w["pid"]: w for w in stats["workers"]}
     assert rows[burner.pid]["local_rank"] == 0 and rows[burner.pid]["rank"] == 10
-    assert rows[holder.pid]["rss"] > 150 * 1024 * 1024 and rows[holder.pid]["cpu_percent"] < 50
+    assert rows[holder.pid]["rss"] > 150 * 1024 * 1024 and rows[holder.pid]["cpu_percent"] < 10
     assert rows[burner.pid]["state"] in ("running", "sleeping") and "exit_code" not in rows[burner.pid]
     assert 0 <= stats["cpu_percent"] <= 100 and stats["mem_total"] > stats["mem_used"] > 0
     assert stats["net_recv_bps"] >= 0 and stats["cpus"] == psutil.cpu_count()

@@ -24,7 +24,9 @@ in. The flight recorder's pending collectives are no part of that test: each
 group lists those of its ranks, so a rank one collective behind the others
 shows. Ranks that did not answer form one group per reason (no answer, gone,
 error), after the answered ones. :func:`render` prints a dump py-spy style,
-innermost frame first. Pure functions: no clock, no I/O.
+innermost frame first. :func:`compact` keeps one copy of each group's stacks
+(the others say ``same_as``), which bounds what a dump of many ranks costs on
+the wire by the number of distinct stacks. Pure functions: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 from torchrt.contract import StackAnswer
 from torchrt.errors import FieldError
 
-__all__ = ["StackDumpError", "StackGroup", "format_ranks", "group_stacks", "render", "summary"]
+__all__ = ["StackDumpError", "StackGroup", "compact", "format_ranks", "group_stacks", "render", "summary"]
 
 Thread = Mapping[str, Any]
 _SITE = "site-packages/"
@@ -63,19 +65,29 @@ class StackGroup:
 def group_stacks(ranks: Mapping[Any, Mapping[str, Any]]) -> list[StackGroup]:
     """Ranks with the same stacks together, largest group first; then those that did not answer."""
     answered: dict[tuple, list[tuple[int, Mapping[str, Any]]]] = {}
+    stacks_of: dict[int, tuple] = {}
+    referring: list[tuple[Any, int, Mapping[str, Any]]] = []
     others: dict[tuple[StackAnswer, str | None], list[int]] = {}
     for key, entry in ranks.items():
         rank, answer = _rank(key), _answer(key, entry)
-        if answer is StackAnswer.ANSWERED:
-            threads = _threads(key, entry)
-            answered.setdefault(_same_stacks(threads), []).append((rank, entry))
+        if answer is StackAnswer.ANSWERED and "same_as" in entry:
+            referring.append((key, rank, entry))
+        elif answer is StackAnswer.ANSWERED:
+            stacks_of[rank] = _same_stacks(_threads(key, entry))
+            answered.setdefault(stacks_of[rank], []).append((rank, entry))
         else:
             detail = str(entry.get("error")) if answer is StackAnswer.ERROR else None
             others.setdefault((answer, detail), []).append(rank)
+    for key, rank, entry in referring:
+        same_as = entry["same_as"]
+        if not isinstance(same_as, int) or same_as not in stacks_of:
+            raise StackDumpError("expected a rank of this dump that answered with its threads",
+                                 key=f"ranks.{key}.same_as", got=same_as)
+        answered[stacks_of[same_as]].append((rank, entry))
     groups = []
     for members in answered.values():
         members.sort(key=lambda m: m[0])
-        threads = tuple(members[0][1]["threads"])
+        threads = tuple(next(e["threads"] for _, e in members if "same_as" not in e))
         groups.append(StackGroup(StackAnswer.ANSWERED, tuple(r for r, _ in members), threads, _where(threads),
                                  _collectives(members)))
     groups.sort(key=lambda g: (-len(g.ranks), g.ranks[0]))
@@ -84,6 +96,23 @@ def group_stacks(ranks: Mapping[Any, Mapping[str, Any]]) -> list[StackGroup]:
                                                                              min(item[1]))):
         groups.append(StackGroup(answer, tuple(sorted(members)), detail=detail))
     return groups
+
+
+def compact(ranks: Mapping[Any, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The same dump with one copy of each group's stacks: every other rank of a group keeps its
+    own answer (pid, timings, collectives) but, instead of its threads, ``same_as``: the rank that
+    carries them. :func:`group_stacks` and :func:`render` give the same result for both forms; a
+    thousand ranks in one place cost one stack, not a thousand."""
+    out = {str(_rank(key)): dict(entry) for key, entry in ranks.items()}
+    for group in group_stacks(ranks):
+        if group.answer is not StackAnswer.ANSWERED:
+            continue
+        carrier = next(r for r in group.ranks if "same_as" not in out[str(r)])
+        for rank in group.ranks:
+            if rank != carrier:
+                entry = {k: v for k, v in out[str(rank)].items() if k != "threads"}
+                out[str(rank)] = {**entry, "same_as": carrier}
+    return out
 
 
 def summary(groups: Iterable[StackGroup]) -> str:
