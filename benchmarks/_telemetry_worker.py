@@ -5,7 +5,8 @@ Each step is a fixed amount of work, calibrated once on rank 0 to take about
 steps with ``torchrt.step(loss=..., samples=...)`` ("on") and without it
 ("off") alternate in blocks of ``$BENCH_BLOCK`` steps, so that both see the same
 noise of the shared machine. Each rank writes the mean step time of every
-block (milliseconds, by kind) to ``$BENCH_OUT_DIR/rank<r>.json``.
+block (milliseconds, by kind) and the cost of one call timed back to back
+(microseconds) to ``$BENCH_OUT_DIR/rank<r>.json``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.distributed as dist
 
 import torchrt
 
+CALLS = 20_000  # torchrt.step calls timed back to back at the end: the call's own cost
 
 def work(a: torch.Tensor, repeats: int) -> torch.Tensor:
     out = a
@@ -58,8 +60,13 @@ def main() -> None:
                 torchrt.step(loss=loss, samples=32)
         if index:  # the first block warms up
             means[kind].append((time.perf_counter() - started) * 1000 / block)
+    loss = torch.tensor(0.5)
+    started = time.perf_counter()
+    for _ in range(CALLS):
+        torchrt.step(loss=loss, samples=32)
+    call_us = (time.perf_counter() - started) / CALLS * 1e6
     out = Path(os.environ["BENCH_OUT_DIR"], f"rank{ctx.rank}.json")
-    out.write_text(json.dumps({"rank": ctx.rank, "repeats": int(repeats), "block_ms": means}))
+    out.write_text(json.dumps({"rank": ctx.rank, "repeats": int(repeats), "block_ms": means, "call_us": call_us}))
     dist.barrier()
     dist.destroy_process_group()
 

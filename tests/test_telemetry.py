@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -28,8 +27,6 @@ from torchrt.telemetry.steps import MAX_SCALARS, StepMeter
 from torchrt.view import JobView
 
 from tests.helpers import ManualClock, events, free_port, wait_until
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def meter(clock: ManualClock, **kw: Any) -> StepMeter:
