@@ -423,3 +423,24 @@ def test_cli_run_id_with_separators_writes_nothing(tmp_path: Path) -> None:
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert_one_line_error(result, "--run-id", "contains a path separator")
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "x").exists()
+
+
+# ------------------------------------------------------------- binding without a token
+def test_a_coordinator_reachable_from_other_machines_without_a_token_warns_and_records_it(tmp_path: Path) -> None:
+    """0.0.0.0 without a token: a clear warning on stderr at start and an insecure_bind event;
+    loopback, or a token, stays quiet."""
+    run_dir, port = tmp_path / "open", free_port()
+    proc = subprocess.Popen([*TORCHRT, "coordinator", "--bind", f"0.0.0.0:{port}", "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        wait_until(lambda: events(run_dir, EventType.INSECURE_BIND), 30, "the insecure_bind event")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert "without a token" in stderr and "0.0.0.0" in stderr
+    for host, token in (("127.0.0.1", None), ("0.0.0.0", "s3cret")):
+        quiet = Coordinator(CoordinatorConfig(run_dir=tmp_path / f"{host}-{bool(token)}", host=host, port=0,
+                                              token=token))
+        quiet.start()
+        quiet.stop()
+        assert events(tmp_path / f"{host}-{bool(token)}", EventType.INSECURE_BIND) == []

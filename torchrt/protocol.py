@@ -15,7 +15,9 @@ message here, far below the network and scheduling noise that matters.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from typing import Any
 
 from torchrt.contract import DEFAULT_PORT
@@ -64,3 +66,27 @@ def parse_endpoint(endpoint: str, default_port: int = DEFAULT_PORT) -> tuple[str
     if not 0 <= port < 65536:
         raise EndpointError(endpoint, f"the port {port} is out of range 0-65535")
     return host, port
+
+
+def format_endpoint(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 host in brackets (what ``parse_endpoint`` reads back)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def connect_host(host: str) -> str:
+    """The address a client on this machine dials to reach a server bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only (127.0.0.0/8,
+    ``::1``, or a name that resolves to nothing else); ``0.0.0.0`` and ``::`` are not."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        resolved = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(resolved) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in resolved)

@@ -52,8 +52,8 @@ from torchrt.coordinator.run_dir import (
 )
 from torchrt.data.events import RegistryFold
 from torchrt.contract import (DEFAULT_HOST, DEFAULT_PORT, EVENTS, JOB_DEFAULTS, MEMBERSHIP_OPS, PROTOCOL_VERSION, Code,
-                              EventType, Op, Push, Role, worker_gone_key)
-from torchrt.protocol import Message, decode, encode
+                              Env, EventType, Op, Push, Role, worker_gone_key)
+from torchrt.protocol import Message, connect_host, decode, encode, format_endpoint, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +175,7 @@ class Coordinator:
         self.events.emit(EventType.COORDINATOR_STARTED, endpoint=self.endpoint, store_port=self.store_port,
                          pid=os.getpid(), run_id=self.run_id)
         self._record_restart()
+        self._warn_if_open()
         self.events.subscribe(self._push_event)
         self.events.subscribe(self._metrics.observe)
         ready = threading.Event()
@@ -185,6 +186,17 @@ class Coordinator:
         atexit.register(self._stop_at_exit)
         logger.info("torchrt coordinator listening on %s (store port %d, run dir %s)",
                     self.endpoint, self.store_port, self.config.run_dir)
+
+    def _warn_if_open(self) -> None:
+        """A control port other machines can reach with no token lets anyone join, close or read
+        the job: say so loudly at start, and in the record."""
+        if self.config.token or is_loopback(self.config.host):
+            return
+        warning = (f"the coordinator listens on {self.endpoint}, reachable from other machines, without "
+                   f"a token: anyone who can reach it can join, stop or watch this job; set a token "
+                   f"(--token-file, {Env.TOKEN_FILE} or {Env.TOKEN}) or bind 127.0.0.1")
+        logger.warning("torchrt: %s", warning)
+        self.events.emit(EventType.INSECURE_BIND, host=self.config.host, warning=warning)
 
     @property
     def endpoint(self) -> str:
@@ -734,16 +746,6 @@ def _parse_op(value: object) -> Op:
 def _waiting_names(membership: Membership) -> str:
     names = [n.node_id for n in membership.nodes.values() if n.status == NodeStatus.WAITING]
     return ", ".join(names) or "none"
-
-
-def format_endpoint(host: str, port: int) -> str:
-    """``HOST:PORT``, an IPv6 host in brackets (what ``parse_endpoint`` reads back)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def connect_host(host: str) -> str:
-    """The address a client on this machine dials to reach a server bound to ``host``."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
 
 
 def store_server(sock: socket.socket, host: str) -> dist.TCPStore:

@@ -48,10 +48,10 @@ from torch.distributed.elastic.rendezvous import (
 )
 
 from torchrt.coordinator.client import CoordinatorClient
-from torchrt.coordinator.server import Coordinator, CoordinatorConfig, connect_host, format_endpoint
+from torchrt.coordinator.server import Coordinator, CoordinatorConfig
 from torchrt.errors import CoordinatorUnavailableError, RendezvousConfigError
 from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env, Op, Push, Role, round_store_prefix
-from torchrt.protocol import Message, parse_endpoint
+from torchrt.protocol import Message, connect_host, format_endpoint, parse_endpoint
 from torchrt.rendezvous.bootstrap import BootstrapStore
 from torchrt.rendezvous.node_info import describe_node, is_local_host
 from torchrt.rendezvous.options import RendezvousOptions
