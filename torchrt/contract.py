@@ -99,6 +99,7 @@ class Op(_Name):
 
     HELLO = "hello"
     JOIN = "join"
+    READY = "ready"  # a node confirms the round its join got; answered once every participant did
     LEAVE = "leave"
     CLOSE = "close"
     HEARTBEAT = "heartbeat"
@@ -112,7 +113,7 @@ class Op(_Name):
 
 # The ops each role may send after its hello; anything else is answered with Code.FORBIDDEN.
 ROLE_OPS: dict[Role, frozenset[Op]] = {
-    Role.NODE: frozenset({Op.JOIN, Op.LEAVE, Op.CLOSE, Op.HEARTBEAT, Op.PING, Op.STATUS}),
+    Role.NODE: frozenset({Op.JOIN, Op.READY, Op.LEAVE, Op.CLOSE, Op.HEARTBEAT, Op.PING, Op.STATUS}),
     Role.WORKER: frozenset({Op.TELEMETRY, Op.HEARTBEAT, Op.PING}),
     Role.OBSERVER: frozenset({Op.PING, Op.STATUS, Op.SUBSCRIBE}),
 }
@@ -138,6 +139,7 @@ class Code(_Name):
     TIMEOUT = "timeout"      # not enough nodes joined in time
     PROTOCOL = "protocol"    # malformed message, unknown op, no hello yet
     FORBIDDEN = "forbidden"  # the role of this connection may not do that
+    SUPERSEDED = "superseded"  # the round to confirm is no longer the one to start: join again
 
 
 class StackAnswer(_Name):

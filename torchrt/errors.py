@@ -47,6 +47,7 @@ __all__ = [
     "RendezvousConnectionError",
     "RendezvousError",
     "RendezvousTimeoutError",
+    "RoundSupersededError",
     "RoundTimeoutError",
     "RunClosedError",
     "TokenFileError",
@@ -143,6 +144,11 @@ class ProtocolError(RendezvousConnectionError, TorchrtError):
     """The peer at the endpoint does not speak torchrt's protocol."""
 
 
+class RoundSupersededError(RendezvousError, TorchrtError):
+    """The round a node was about to start was replaced before every participant confirmed it
+    (one of them died or left): the node joins the next one instead."""
+
+
 class BarrierError(DistStoreError, TorchrtError):
     """Not every rank reached a ``torchrt.barrier`` in time (a store error, as torch's own)."""
 
@@ -153,6 +159,7 @@ _BY_CODE: dict[str, type[RendezvousError]] = {
     Code.TIMEOUT: RoundTimeoutError,
     Code.PROTOCOL: ProtocolError,
     Code.FORBIDDEN: OperationForbiddenError,
+    Code.SUPERSEDED: RoundSupersededError,
 }
 
 

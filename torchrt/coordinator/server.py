@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torchrt.coordinator.access import Accepted, FirstRefusals, Refused, ReportGate, WorkerIdentity, forbidden, \
     token_matches
 from torchrt.coordinator.admission import Admission, AdmissionLimits, Connection, LineTooLongError
+from torchrt.coordinator.confirm import Confirmations
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
 from torchrt.coordinator.records import CheckpointRecords, MetricsWriter
 from torchrt.coordinator.run_dir import (
@@ -78,12 +79,13 @@ class CoordinatorConfig:
     tick_s: float = 0.05
     state_write_interval_s: float = 0.2
     drain_timeout_s: float = 30.0  # drain(): the longest it waits for the job's processes to go
+    confirm_timeout_s: float = 30.0  # a participant that has not confirmed its round by then is declared dead
     admission: AdmissionLimits = dataclasses.field(default_factory=AdmissionLimits)  # before/after hello
 
 
 class _Peer:
-    __slots__ = ("connection", "writer", "role", "node_id", "join_id", "left", "last_state", "worker", "reports",
-                 "refusals")
+    __slots__ = ("connection", "writer", "role", "node_id", "join_id", "ready_id", "left", "last_state", "worker",
+                 "reports", "refusals")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -91,6 +93,7 @@ class _Peer:
         self.role: Role | None = None  # set by a successful hello
         self.node_id: str | None = None
         self.join_id: Any = None
+        self.ready_id: Any = None  # a node's confirmation of its round, answered when all confirmed
         self.left = False
         self.last_state: tuple[Any, ...] | None = None
         self.worker: dict[str, Any] | None = None  # a worker's hello info, as recorded
@@ -118,6 +121,7 @@ class Coordinator:
         self.health = WriteHealth(run_dir, on_recovered=self._run_dir_recovered)
         self.events = EventLog(run_dir, health=self.health)  # RunDirError if it cannot be written
         self.membership: Membership | None = None
+        self._confirmations = Confirmations(config.confirm_timeout_s)
         self.heartbeat_timeout = JOB_DEFAULTS.heartbeat_timeout
         self._job: dict[str, Any] | None = None
         self._peers: set[_Peer] = set()
@@ -544,6 +548,32 @@ class Coordinator:
         self.membership.join(node_id, port, now, cause=message.get("cause"))
         return None  # answered when the round completes
 
+    def _op_ready(self, peer: _Peer, message: Message, now: float) -> None:
+        """The node confirms the round its join got; answered once every participant did
+        (see :mod:`torchrt.coordinator.confirm`), or ``superseded`` when that round will not start."""
+        node_id = self._node_of(peer)
+        number = message.get("round")
+        try:
+            if not isinstance(number, int):
+                raise LookupError(number)
+            peer.ready_id = message.get("id")
+            everyone = self._confirmations.confirm(node_id, number)
+        except LookupError:
+            peer.ready_id = None
+            raise _Rejected(Code.SUPERSEDED, f"round {number} is not the round to start any more "
+                                             f"(now: {self._confirmations.number or 'a new one is forming'})") from None
+        if everyone:
+            assert self.membership is not None and self.membership.current is not None
+            for participant in self.membership.current.participants:
+                self._answer_ready(participant, {"ok": True, "round": number})
+        return None
+
+    def _answer_ready(self, node_id: str, message: Message) -> None:
+        peer = self._node_peers.get(node_id)
+        if peer is not None and peer.ready_id is not None:
+            peer.send({"id": peer.ready_id, **message})
+            peer.ready_id = None
+
     def _op_heartbeat(self, peer: _Peer, message: Message, now: float) -> None:
         return None
 
@@ -626,6 +656,12 @@ class Coordinator:
         completed = membership.poll(now)
         if completed is not None:
             self._announce(completed)
+            self._confirmations.open(completed.number, completed.participants, now)
+        elif membership.next_round_needed() and self._confirmations.number is not None:
+            number = self._confirmations.number
+            for node_id in self._confirmations.cancel():
+                self._answer_ready(node_id, {"ok": False, "code": Code.SUPERSEDED,
+                                             "error": f"round {number} was replaced before it started"})
         self._broadcast_state()
         self._state_dirty = True
 
@@ -669,7 +705,11 @@ class Coordinator:
     def _tick(self, now: float) -> None:
         membership = self.membership
         if membership is not None:
-            for node_id in membership.expire(self.heartbeat_timeout, now):
+            late = [(node_id, f"did not confirm round {self._confirmations.number} within "
+                              f"{self._confirmations.timeout:g}s") for node_id in self._confirmations.late(now)]
+            for node_id, reason in late:
+                membership.fail(node_id, reason, now)
+            for node_id in [n for n, _ in late] + membership.expire(self.heartbeat_timeout, now):
                 peer = self._node_peers.pop(node_id, None)
                 if peer is not None:
                     peer.writer.close()

@@ -49,7 +49,7 @@ from torch.distributed.elastic.rendezvous import (
 
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.coordinator.server import Coordinator, CoordinatorConfig
-from torchrt.errors import CoordinatorUnavailableError, RendezvousConfigError
+from torchrt.errors import CoordinatorUnavailableError, RendezvousConfigError, RoundSupersededError
 from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env, Op, Push, Role, round_store_prefix
 from torchrt.protocol import Message, connect_host, format_endpoint, parse_endpoint
 from torchrt.rendezvous.bootstrap import BootstrapStore
@@ -87,7 +87,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         self._bootstrap = BootstrapStore()
         self._addr: str | None = None  # this node's address as the coordinator knows it
         self._lock = threading.Lock()
-        self._hint = 0
+        self._hint = (0, 0)  # (round, nodes waiting) as last pushed: a hint is about one round
         self._closed = False
         self._round: Message | None = None
 
@@ -108,14 +108,18 @@ class TorchrtRendezvousHandler(RendezvousHandler):
 
     def next_rendezvous(self) -> RendezvousInfo:
         started = time.monotonic()
+        cause = self._join_cause()
         try:
-            reply = self._join(self._join_cause())
-            self._bootstrap.settle(int(reply["rank"]) == 0, str(reply["master_addr"]))
+            while True:
+                reply = self._join(cause)
+                self._bootstrap.settle(int(reply["rank"]) == 0, str(reply["master_addr"]))
+                if self._confirm(reply):
+                    break
+                cause = "membership changed"
         except BaseException:
             self._bootstrap.close()
             raise
         self._round = reply
-        self._hint = 0
         store = dist.PrefixStore(round_store_prefix(self._run_id, reply["round"]), self._coordinator_store().result())
         self._export_environment(reply)
         logger.info("torchrt round %d: node %s is group rank %d of %d (rendezvous took %.3fs)",
@@ -141,7 +145,10 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         client = self._client
         if client is not None and client.lost.is_set() and self._round is not None:
             return 1  # the coordinator dropped us (or went away): re-rendezvous to find out
-        return self._hint
+        hint_round, waiting = self._hint
+        # A push about an earlier round (it may arrive after the join reply) says nothing about this one;
+        # the coordinator pushes this round's state right after the reply, and every change after it.
+        return waiting if self._round is not None and hint_round == self._round["round"] else 0
 
     def shutdown(self) -> bool:
         """Leave and close the rendezvous: the job is over for everybody (as with c10d), also when
@@ -251,6 +258,18 @@ class TorchrtRendezvousHandler(RendezvousHandler):
                 logger.warning("node %s lost the coordinator at %s while joining (%s); rejoining",
                                self.node_id, self._endpoint, e)
 
+    def _confirm(self, reply: Message) -> bool:
+        """Confirm the round the join got and wait until every participant did (see
+        :mod:`torchrt.coordinator.confirm`); False when it was replaced first: join again."""
+        try:
+            self._connected().request(Op.READY, round=reply["round"],
+                                      timeout=self._options.join_timeout + 2 * self._options.heartbeat_timeout)
+        except RoundSupersededError as e:
+            logger.info("node %s: round %s will not start (%s); joining the next one", self.node_id,
+                        reply["round"], e)
+            return False
+        return True
+
     def _join_cause(self) -> str:
         """Why the agent is asking for a round: it cannot tell us, but its past answers can."""
         if self._round is None:
@@ -299,7 +318,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
 
     def _on_push(self, message: Message) -> None:
         if message.get("push") == Push.STATE:
-            self._hint = int(message.get("waiting") or 0)
+            self._hint = (int(message.get("round") or 0), int(message.get("waiting") or 0))
             self._closed = self._closed or bool(message.get("closed"))
 
     def _export_environment(self, reply: Message) -> None:
