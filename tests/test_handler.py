@@ -251,3 +251,18 @@ def test_a_coordinator_that_cannot_bind_leaves_nothing_behind(coordinator, tmp_p
     with pytest.raises(OSError):
         second.start()
     assert torchrt_threads() == before
+
+
+def test_a_scale_up_hint_is_about_the_round_it_was_pushed_for(coordinator):
+    """Pushes and the join reply travel on one connection, but the agent's thread reads the round
+    later than the reader thread delivers the pushes after it: a hint must name its round, so a
+    hint pushed for the previous round is not taken for this one, and one for this round is
+    never reset by the join that returned it."""
+    a = handler(coordinator.endpoint, 1, 2, last_call_timeout="0")
+    a.next_rendezvous()
+    number = a.round["round"]
+    a._on_push({"push": "state", "round": number - 1, "waiting": 1, "closed": False})
+    assert a.num_nodes_waiting() == 0
+    a._on_push({"push": "state", "round": number, "waiting": 1, "closed": False})
+    assert a.num_nodes_waiting() == 1
+    a.shutdown()
