@@ -49,7 +49,8 @@ attack_formation_s
     latest call) against a standalone coordinator, once calm and once while ``_attack.py`` hits
     its control port with 1,000 idle connections (reopened as soon as the coordinator closes
     them) and 100 junk clients (a line that is not JSON, a 100 KiB line, hellos of a wrong
-    version or role, over and over), started ``ATTACK_WARMUP_S`` (1 s) after every one of them
+    version or role; each leaves as soon as it is answered, and starts over), started
+    ``ATTACK_WARMUP_S`` (1 s) after every one of them
     connected. Calm and attacked trials alternate; the figure is the
     ratio of their medians (``ratios.attack_slowdown``), ``attack_detail`` has the attacker's
     counts and the size of the coordinator's log.

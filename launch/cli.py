@@ -1,4 +1,4 @@
-"""``torchrt`` subcommands: run, coordinator, status, doctor.
+"""``torchrt`` subcommands: run, coordinator, status, stacks, doctor.
 
 Each subcommand is a small function taking parsed arguments and returning an
 exit status. Errors meant for the user are one ``torchrt: ...`` line on
@@ -61,6 +61,24 @@ def _pid(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"expected a process id (a positive integer), got {text!r}")
     return int(text)
+
+
+def _rank(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected a rank (an integer >= 0), got {text!r}")
+    return int(text)
+
+
+def _dump_timeout(text: str) -> float:
+    from torchrt.coordinator.stacks import MAX_TIMEOUT_S
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= {MAX_TIMEOUT_S:g}, got {text!r}")
+    return seconds
 
 
 def _log_level(text: str) -> str:
@@ -127,6 +145,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
                         as_json=args.json, follow=args.follow)
 
 
+def _cmd_stacks(args: argparse.Namespace) -> int:
+    from launch.stacks import print_stacks
+
+    from torchrt.contract import STACK_DUMP_TIMEOUT_S
+
+    return print_stacks(args.endpoint or _default_endpoint(), token=_token(args), rank=args.rank,
+                        timeout=args.timeout or STACK_DUMP_TIMEOUT_S, as_json=args.json,
+                        include_internal=args.internal)
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from launch.doctor import run_doctor
 
@@ -183,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw state as JSON")
     status.add_argument("--follow", action="store_true", help="then print events live as they happen")
     status.set_defaults(func=_cmd_status)
+
+    stacks = sub.add_parser("stacks", help="the Python stacks of one rank or of every rank, grouped")
+    stacks.add_argument("--endpoint", type=_endpoint, default=None, metavar="HOST:PORT",
+                        help=f"default: {default_endpoint}")
+    stacks.add_argument("--rank", type=_rank, default=None, metavar="N", help="only this rank (default: every rank)")
+    stacks.add_argument("--timeout", type=_dump_timeout, default=None, metavar="SECONDS",
+                        help="how long to wait for the ranks' answers (default: 2)")
+    _add_token_options(stacks, "the job's token")
+    stacks.add_argument("--json", action="store_true", help="print the dump as JSON")
+    stacks.add_argument("--internal", action="store_true", help="also show torchrt's own threads")
+    stacks.set_defaults(func=_cmd_stacks)
 
     doctor = sub.add_parser("doctor", help="check that torchrun sees the plug-in and the endpoint answers")
     doctor.add_argument("--endpoint", type=_endpoint, default=None, metavar="HOST:PORT")

@@ -13,7 +13,8 @@ sync.
 
 Trust follows the roles. A *node* (a torchrun agent's handler) may change
 membership; a *worker* of the current round may report telemetry; an
-*observer* (``torchrt status``, the monitor) may only read. Events carry an
+*observer* (``torchrt status``, the monitor) may only read; an *operator*
+(``torchrt stacks``) may also ask for the workers' stack dumps. Events carry an
 :class:`Origin`: ``COORDINATOR`` events are the coordinator's own decisions
 (``node_dead``, ``shutdown``, rounds) and are never accepted from a peer;
 ``WORKER`` events are reports, accepted only from a worker connection, with
@@ -39,6 +40,8 @@ __all__ = [
     "EVENTS",
     "JOB_DEFAULTS",
     "JobDefaults",
+    "LIVE_PUSH",
+    "NODE_REPORTS",
     "Code",
     "Env",
     "EventSpec",
@@ -48,6 +51,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Push",
     "STACK_DUMP_TIMEOUT_S",
+    "STEP_REPORTS",
     "StackAnswer",
     "ROLE_OPS",
     "Role",
@@ -92,6 +96,7 @@ class Role(_Name):
     NODE = "node"          # a torchrun agent's rendezvous handler
     WORKER = "worker"      # a training process started by torchrun (torchrt.init)
     OBSERVER = "observer"  # torchrt status, doctor, the monitor: read-only
+    OPERATOR = "operator"  # torchrt stacks: reads, and may act on the job's processes (a stack dump)
 
 
 class Op(_Name):
@@ -113,9 +118,10 @@ class Op(_Name):
 
 # The ops each role may send after its hello; anything else is answered with Code.FORBIDDEN.
 ROLE_OPS: dict[Role, frozenset[Op]] = {
-    Role.NODE: frozenset({Op.JOIN, Op.READY, Op.LEAVE, Op.CLOSE, Op.HEARTBEAT, Op.PING, Op.STATUS}),
-    Role.WORKER: frozenset({Op.TELEMETRY, Op.HEARTBEAT, Op.PING}),
+    Role.NODE: frozenset({Op.JOIN, Op.READY, Op.LEAVE, Op.CLOSE, Op.HEARTBEAT, Op.PING, Op.STATUS, Op.TELEMETRY}),
+    Role.WORKER: frozenset({Op.TELEMETRY, Op.STACKS, Op.HEARTBEAT, Op.PING}),
     Role.OBSERVER: frozenset({Op.PING, Op.STATUS, Op.SUBSCRIBE}),
+    Role.OPERATOR: frozenset({Op.PING, Op.STATUS, Op.SUBSCRIBE, Op.DUMP_STACKS}),
 }
 MEMBERSHIP_OPS = frozenset({Op.HELLO, Op.JOIN, Op.LEAVE, Op.CLOSE})
 
@@ -127,6 +133,8 @@ class Push(_Name):
     EVENT = "event"      # to subscribers: one logged event
     PREVIEW = "preview"  # to subscribers: a data sample rendering (not logged)
     METRIC = "metric"    # to subscribers: a user scalar (not logged)
+    STEP = "step"        # to subscribers: a rank's step report of the last second (not logged)
+    NODE_STATS = "node_stats"  # to subscribers: a node's sample of itself and its workers (not logged)
     DUMP_STACKS = "dump_stacks"  # to a worker: answer {"request": ID} with op stacks (torchrt.telemetry.stacks)
     LOST = "lost"        # delivered locally by a client when its connection ends; never on the wire
 
@@ -262,6 +270,7 @@ class EventType(_Name):
     STEP_PROGRESS = "step_progress"
     # nodes and their processes (the agent-side handler's sampler)
     NODE_STATS = "node_stats"
+    NODE_STATUS = "node_status"
     # alerts (the coordinator's decisions on the ranks' step reports, torchrt.view.alerts)
     RANK_STRAGGLING = "rank_straggling"
     RANK_RECOVERED = "rank_recovered"
@@ -295,8 +304,13 @@ class EventSpec:
     origin: Origin
     doc: str
     fields: dict[str, str]
-    logged: bool = True       # False: folded into state and pushed live, not appended to events.jsonl
+    live: Push | None = None  # not logged: folded into the view and pushed to subscribers as this kind
     rank0_only: bool = False  # a worker report accepted only from rank 0 (who does that work)
+
+    @property
+    def logged(self) -> bool:
+        """Whether the event is appended to ``events.jsonl`` (else it is live only, see ``live``)."""
+        return self.live is None
 
 
 _C, _W, _N = Origin.COORDINATOR, Origin.WORKER, Origin.NODE
@@ -308,6 +322,13 @@ _STEP = {"step": "the rank's last step number", "steps": "steps in the window", 
          "the window", "samples_per_s": "samples / window_s", "loss": "last loss", "scalars": "last value of each "
          "user scalar", "epoch": "data epoch (torchrt.data)", "position": "global position in the epoch",
          "dataset": "the pipeline that fed the last step"}
+# The fields of a node's sample (torchrt.telemetry.node): the node, and each of its worker processes.
+_NODE = {"node_id": "the node (stamped)", "cpu_percent": "node CPU, % of all cores", "cpus": "logical cores",
+         "mem_percent": "node memory used", "mem_used": "bytes", "mem_total": "bytes", "disk_read_bps": "bytes/s",
+         "disk_write_bps": "bytes/s", "net_recv_bps": "bytes/s", "net_sent_bps": "bytes/s",
+         "gpus": "per GPU: index, util_percent, mem_used, mem_total",
+         "workers": "per worker process: pid, local_rank, rank, state, cpu_percent, rss, gpu_mem, exit_code (when "
+         "known)"}
 _CKPT = {"step": "training step", "rank": "reporting rank", "world_size": "ranks of the saving job",
          "path": "checkpoint step directory"}
 
@@ -380,21 +401,15 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
               {"name": "barrier name", "call": "number of the last call", "world_size": "ranks", "completions": "calls",
                "latency_us": "slowest", "p50_us": "median", "max_us": "slowest"}),
     EventSpec(EventType.METRIC, _W, "torchrt.log_metric scalar", {"name": "tag", "value": "number",
-                                                                  "step": "step"}, logged=False),
-    # logged=True only until server.py maps it to a live push kind (issue 9 wiring); then logged=False.
+                                                                  "step": "step"}, live=Push.METRIC),
     EventSpec(EventType.STEP, _W, "torchrt.step figures of one reporter window (about 1 s) in which the rank "
-              "stepped", _STEP, logged=True),
+              "stepped", _STEP, live=Push.STEP),
     EventSpec(EventType.STEP_PROGRESS, _W, "the same report, logged: every 10 s per rank, when the epoch changes "
               "and as the rank's last word", _STEP),
-    # logged=True only until server.py maps it to a live push kind (issue 9 wiring); then logged=False.
     EventSpec(EventType.NODE_STATS, _N, "one sample of a node and of its worker processes (about 1 s; "
-              "torchrt.telemetry.node)",
-              {"node_id": "the node (stamped)", "cpu_percent": "node CPU, % of all cores", "cpus": "logical cores",
-               "mem_percent": "node memory used", "mem_used": "bytes", "mem_total": "bytes",
-               "disk_read_bps": "bytes/s", "disk_write_bps": "bytes/s", "net_recv_bps": "bytes/s",
-               "net_sent_bps": "bytes/s", "gpus": "per GPU: index, util_percent, mem_used, mem_total",
-               "workers": "per worker process: pid, local_rank, rank, state, cpu_percent, rss, gpu_mem, "
-               "exit_code (when known)"}, logged=True),
+              "torchrt.telemetry.node)", _NODE, live=Push.NODE_STATS),
+    EventSpec(EventType.NODE_STATUS, _N, "the same sample, logged: the node's first, one when its workers change "
+              "(a new process, one that exited, an exit code learnt), one every 30 s, and its last word", _NODE),
     EventSpec(EventType.RANK_STRAGGLING, _C, "a rank's step time stayed well above the other ranks' median",
               {"rank": "the rank", "node_id": "its node", "ratio": "its step time / the others' median",
                "step_ms": "its step time", "median_ms": "the others' median", "reports": "consecutive slow reports",
@@ -415,7 +430,7 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
     EventSpec(EventType.DATA_TIMING, _W, "periodic read/map/wait timings",
               {"dataset": "name", "samples_per_s": "rate", "wait_fraction": "time waiting for data"}),
     EventSpec(EventType.DATA_PREVIEW, _W, "a rendered sample (see torchrt.data.preview)",
-              {"dataset": "name", "epoch": "epoch", "index": "sample index"}, logged=False),
+              {"dataset": "name", "epoch": "epoch", "index": "sample index"}, live=Push.PREVIEW),
     EventSpec(EventType.CHECKPOINT_SAVED, _W, "a rank's shard of a checkpoint is durable",
               {**_CKPT, "bytes": "bytes", "stall_s": "training stall", "write_s": "write time",
                "mb_s": "throughput"}),
@@ -441,6 +456,9 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
 
 WORKER_REPORTS = frozenset(t for t, spec in EVENTS.items() if spec.origin is Origin.WORKER)
 NODE_REPORTS = frozenset(t for t, spec in EVENTS.items() if spec.origin is Origin.NODE)
+STEP_REPORTS = frozenset({EventType.STEP, EventType.STEP_PROGRESS})  # a rank's step report, live or logged
+# Events that are not logged: each is folded into the view and pushed to subscribers as its kind.
+LIVE_PUSH: dict[EventType, Push] = {t: spec.live for t, spec in EVENTS.items() if spec.live is not None}
 
 
 def events_markdown() -> str:

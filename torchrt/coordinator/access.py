@@ -24,10 +24,17 @@ in microseconds (the server only carries the verdicts out):
   is about to stop it) are refused like any other: what the old round's workers
   did after the job moved on is not part of the record.
 
+A *node* reports too: its machine and worker processes (``node_stats``,
+``node_status``, :mod:`torchrt.telemetry.node`). Its reports may carry only
+the types of origin ``NODE`` (:data:`~torchrt.contract.NODE_REPORTS`), with
+``node_id`` stamped from the connection's hello (:class:`NodeReportGate`); they
+are not tied to a round (a node's machine is worth watching while it waits).
+The server takes them only from a connection that is still its node's.
+
 A refused report is not an error of the telemetry op (the worker's reporter
 would only log it on every flush): the reply counts accepted and refused
 reports, and the first refusal of each type on a connection is recorded as one
-``report_refused`` event (:class:`ReportGate`); a connection can make at most
+``report_refused`` event (:class:`ReportGate`, :class:`NodeReportGate`); a connection can make at most
 :data:`MAX_RECORDED_REFUSALS` such records, so junk cannot flood the log.
 
 Tokens are compared as UTF-8 bytes in constant time (:func:`token_matches`), so
@@ -42,13 +49,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchrt.contract import EVENTS, ROLE_OPS, WORKER_REPORTS, EventType, Op, Role
+from torchrt.contract import EVENTS, NODE_REPORTS, ROLE_OPS, WORKER_REPORTS, EventType, Op, Origin, Role
 from torchrt.coordinator.membership import Round
 
 __all__ = [
     "MAX_RECORDED_REFUSALS",
     "Accepted",
     "FirstRefusals",
+    "NodeReportGate",
     "Refused",
     "ReportGate",
     "WorkerIdentity",
@@ -60,6 +68,8 @@ MAX_RECORDED_REFUSALS = 32  # distinct refusal records per connection; later ref
 MAX_REFUSED_TYPE_CHARS = 64  # an unknown type is recorded cut to this length
 RESERVED_FIELDS = frozenset({"type", "seq", "ts"})  # the coordinator's, never taken from a report
 _WORKER_INFO = tuple(EVENTS[EventType.WORKER_STARTED].fields)  # what a worker's hello may tell
+_WHO_RECORDS = {Origin.COORDINATOR: "the coordinator records", Origin.WORKER: "a worker reports",
+                Origin.NODE: "a node reports"}
 
 
 def token_matches(presented: object, expected: str | None) -> bool:
@@ -122,7 +132,7 @@ class WorkerIdentity:
 
 @dataclass(frozen=True)
 class Accepted:
-    """A report to record: its type and fields, stamped with the reporting worker's rank and node."""
+    """A report to record: its type and fields, stamped with the reporter's identity (rank, node)."""
 
     type: EventType
     fields: dict[str, Any]
@@ -135,7 +145,7 @@ class Refused:
 
     type: str       # the type the report gave (cut to MAX_REFUSED_TYPE_CHARS), or what was wrong with it
     why: str
-    rank: int
+    rank: int | None  # None: a node's report
     node_id: str | None
     first: bool     # the first refusal of this type on this connection: record a report_refused event
 
@@ -144,11 +154,14 @@ class Refused:
         return {"rank": self.rank, "node_id": self.node_id, "refused_type": self.type, "why": self.why}
 
 
-class ReportGate:
-    """Decides on the reports of one worker connection (see the module docstring)."""
+class _Gate:
+    """Decides on the reports of one connection: known types of its origin only, stamped with
+    ``stamp`` (the connection's identity) over whatever the report says."""
 
-    def __init__(self, worker: WorkerIdentity) -> None:
-        self.worker = worker
+    types: frozenset[EventType]
+
+    def __init__(self, stamp: dict[str, Any]) -> None:
+        self.stamp = stamp
         self._refusals = FirstRefusals()
 
     def admit(self, report: object, current: Round | None) -> Accepted | Refused:
@@ -165,14 +178,43 @@ class ReportGate:
         if why is not None:
             return self._refuse(name, why)
         fields = {k: v for k, v in report.items() if k not in RESERVED_FIELDS}
-        fields.update(rank=self.worker.rank, node_id=self.worker.node_id)
+        fields.update(self.stamp)
         ts = report.get("ts")
         return Accepted(type, fields, float(ts) if _is_number(ts) and math.isfinite(ts) else None)
 
     def _why_not(self, type: EventType, current: Round | None) -> str | None:
+        if type in self.types:
+            return None
+        origin = EVENTS[type].origin
+        return f"a {origin} event: only {_WHO_RECORDS[origin]} it"
+
+    def _refuse(self, type: str, why: str) -> Refused:
+        type = type[:MAX_REFUSED_TYPE_CHARS]
+        return Refused(type, why, self.stamp.get("rank"), self.stamp.get("node_id"), self._refusals.first(type))
+
+
+class NodeReportGate(_Gate):
+    """Decides on the reports of one node connection (see the module docstring)."""
+
+    types = NODE_REPORTS
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__({"node_id": node_id})
+
+
+class ReportGate(_Gate):
+    """Decides on the reports of one worker connection (see the module docstring)."""
+
+    types = WORKER_REPORTS
+
+    def __init__(self, worker: WorkerIdentity) -> None:
+        super().__init__({"rank": worker.rank, "node_id": worker.node_id})
+        self.worker = worker
+
+    def _why_not(self, type: EventType, current: Round | None) -> str | None:
         worker = self.worker
         if type not in WORKER_REPORTS:
-            return "a coordinator event: only the coordinator records it"
+            return super()._why_not(type, current)
         if current is None:
             return "no round has formed yet; only a worker of the current round reports"
         if worker.round != current.number:
@@ -183,10 +225,6 @@ class ReportGate:
         if EVENTS[type].rank0_only and worker.rank != 0:
             return f"only rank 0 reports {type} (this worker is rank {worker.rank})"
         return None
-
-    def _refuse(self, type: str, why: str) -> Refused:
-        type = type[:MAX_REFUSED_TYPE_CHARS]
-        return Refused(type, why, self.worker.rank, self.worker.node_id, self._refusals.first(type))
 
 
 def _is_int(value: object) -> bool:

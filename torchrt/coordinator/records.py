@@ -1,12 +1,14 @@
-"""Checkpoint records and metrics: what the coordinator derives from workers' telemetry.
-
-``CheckpointRecords`` is :class:`torchrt.checkpoint.fold.CheckpointFold` (the checkpoint
-layer's own fold; imported here until the coordinator serves :mod:`torchrt.view`).
+"""TensorBoard scalars: what the coordinator derives from the job's events for TensorBoard.
 
 ``MetricsWriter`` turns events into TensorBoard scalars under ``RUN_DIR/tensorboard``.
 It runs on a thread of its own (importing tensorboard takes a second or two, and
 writing must never stall the coordinator's event loop): ``observe`` only enqueues.
 A full or read-only disk costs scalars nothing: they wait and are written later.
+
+Tags have bounded cardinality: the part of a tag that users name (a metric, a
+barrier, a dataset) goes through a :class:`~torchrt.view.names.NameTable` per
+family (:class:`TagNames`, the job view's rules and cap), so a barrier named
+after the step is one tag ``barrier/step-#/p50_us``, not one per step.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from torchrt.checkpoint.fold import CheckpointFold as CheckpointRecords  # noqa: F401 (the server's, for now)
 from torchrt.contract import EventType
 from torchrt.coordinator.run_dir import AppendOnlyFile, WriteHealth
+from torchrt.view.names import NameTable
+from torchrt.view.series import DEFAULT_CAP
 
 logger = logging.getLogger(__name__)
 
@@ -32,16 +36,39 @@ Event = dict[str, Any]
 TENSORBOARD_DIR = "tensorboard"
 
 
-def scalars_of(event: Event) -> list[tuple[str, float, int]]:
-    """The (tag, value, step) scalars an event contributes to TensorBoard."""
+Names = Callable[[str, str], str]  # (family, name) -> the name a tag uses
+
+
+class TagNames:
+    """The names tags use, one :class:`NameTable` per family (``metric``, ``barrier``, ``dataset``)."""
+
+    def __init__(self, cap: int = DEFAULT_CAP) -> None:
+        self.cap = cap
+        self.tables: dict[str, NameTable] = {}
+
+    def __call__(self, family: str, name: str) -> str:
+        table = self.tables.get(family)
+        if table is None:
+            table = self.tables[family] = NameTable(self.cap, f"TensorBoard {family} names")
+        return table.key(name)
+
+
+def _as_given(family: str, name: str) -> str:
+    return name
+
+
+def scalars_of(event: Event, names: Names = _as_given) -> list[tuple[str, float, int]]:
+    """The (tag, value, step) scalars an event contributes to TensorBoard; ``names`` gives the name
+    a tag uses for a user-chosen one (the writer's :class:`TagNames`)."""
     kind, rank = event.get("type"), event.get("rank")
     if kind == EventType.METRIC:  # torchrt.log_metric(name, value, step)
-        return [(str(event["name"]), float(event["value"]), int(event.get("step", 0)))]
+        return [(names("metric", str(event["name"])), float(event["value"]), int(event.get("step", 0)))]
     if kind == EventType.ROUND_COMPLETED:
         n = int(event["round"])
         return [("rendezvous/round_total_s", event["total_s"], n), ("rendezvous/world_size", event["world_size"], n)]
     if kind == EventType.BARRIER:
-        return [(f"barrier/{event['name']}/p50_us", event.get("p50_us", event["latency_us"]), int(event["call"]))]
+        return [(f"barrier/{names('barrier', str(event['name']))}/p50_us", event.get("p50_us", event["latency_us"]),
+                 int(event["call"]))]
     if kind == EventType.CHECKPOINT_SAVED:
         step = int(event["step"])
         return [(f"checkpoint/{key}/rank{rank}", event[key], step) for key in ("stall_s", "write_s", "mb_s")]
@@ -49,7 +76,8 @@ def scalars_of(event: Event) -> list[tuple[str, float, int]]:
         return [(f"checkpoint/{key}", event[key], int(event["step"])) for key in ("total_s", "mb_s", "bytes")]
     if kind == EventType.DATA_TIMING:
         step = int(event.get("position", 0)) + int(event.get("epoch", 0)) * 10**9
-        return [(f"data/{event['dataset']}/{key}/rank{rank}", event[key], step)
+        dataset = names("dataset", str(event["dataset"]))
+        return [(f"data/{dataset}/{key}/rank{rank}", event[key], step)
                 for key in ("samples_per_s", "wait_fraction") if key in event]
     return []
 
@@ -72,6 +100,7 @@ class MetricsWriter:
         self.health = health or WriteHealth(Path(run_dir))
         self._queue: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._file: AppendOnlyFile | None = None
+        self.names = TagNames()  # used on the writer thread only
         self._thread = threading.Thread(target=self._run, name="torchrt-tensorboard", daemon=True)
         self._thread.start()
 
@@ -115,7 +144,7 @@ class MetricsWriter:
 
     def _records(self, event: Event) -> bytes:
         try:
-            scalars = scalars_of(event)
+            scalars = scalars_of(event, self.names)
         except (KeyError, TypeError, ValueError) as e:
             logger.debug("no scalars from malformed %s event: %s", event.get("type"), e)
             return b""

@@ -5,7 +5,9 @@ It owns three things:
 * a control server (asyncio, JSON lines, see :mod:`torchrt.protocol`) that every
   agent's rendezvous handler keeps one connection to. Joins, leaves and lost
   connections are handled the moment they arrive and feed :class:`Membership`;
-  a changed decision is pushed back to the affected peers at once;
+  a changed decision is pushed back to the affected peers at once. Connections
+  are accepted and held to their limits (hello deadline, line limits, caps,
+  output bound) by :mod:`torchrt.coordinator.admission`;
 * a c10d ``TCPStore`` server (libuv) on a second port, bound to the same host,
   used by the agents (rank assignment, exit barrier, one key prefix per round)
   and by ``torchrt.barrier``;
@@ -40,6 +42,7 @@ from torchrt.coordinator.admission import Admission, AdmissionLimits, Connection
 from torchrt.coordinator.confirm import Confirmations
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
 from torchrt.coordinator.records import CheckpointRecords, MetricsWriter
+from torchrt.coordinator.stacks import MAX_TIMEOUT_S, REQUESTED, STACKS_DIR, Dump, StackDumps, next_request_number
 from torchrt.coordinator.run_dir import (
     COORDINATOR_FILE,
     STATE_FILE,
@@ -52,8 +55,8 @@ from torchrt.coordinator.run_dir import (
     write_text_atomic,
 )
 from torchrt.data.events import RegistryFold
-from torchrt.contract import (DEFAULT_HOST, DEFAULT_PORT, EVENTS, JOB_DEFAULTS, MEMBERSHIP_OPS, PROTOCOL_VERSION, Code,
-                              Env, EventType, Op, Push, Role, worker_gone_key)
+from torchrt.contract import (DEFAULT_HOST, DEFAULT_PORT, JOB_DEFAULTS, LIVE_PUSH, MEMBERSHIP_OPS, PROTOCOL_VERSION, Code,
+                              STACK_DUMP_TIMEOUT_S, Env, EventType, Op, Push, Role, worker_gone_key)
 from torchrt.protocol import Message, connect_host, decode, encode, format_endpoint, is_loopback
 
 logger = logging.getLogger(__name__)
@@ -62,8 +65,7 @@ LISTEN_BACKLOG = 4096  # a thousand nodes may dial at once
 SHUTDOWN_GRACE_S = 1.0  # how long shutdown waits for the connections it closed to finish
 # The events the contract marks as not logged (frequent and only interesting live: sample thumbnails,
 # user metrics) are folded into state or TensorBoard and pushed to subscribers as the kind given here.
-_LIVE_PUSH = {EventType.DATA_PREVIEW: Push.PREVIEW, EventType.METRIC: Push.METRIC}
-EPHEMERAL_EVENTS: dict[EventType, Push] = {t: _LIVE_PUSH[t] for t, spec in EVENTS.items() if not spec.logged}
+EPHEMERAL_EVENTS: dict[EventType, Push] = LIVE_PUSH
 
 
 @dataclasses.dataclass
@@ -128,6 +130,7 @@ class Coordinator:
         self._subscribers: set[_Peer] = set()
         self._datasets = RegistryFold()
         self._checkpoints = CheckpointRecords()
+        self._stacks = StackDumps(next_request_number(run_dir / STACKS_DIR))
         self._metrics = MetricsWriter(run_dir, health=self.health)
         self._state_writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="torchrt-state")
         self._state_write: concurrent.futures.Future[None] | None = None
@@ -380,6 +383,7 @@ class Coordinator:
                 self.events.emit(EventType.WORKER_STOPPED,
                                  **{k: peer.worker.get(k) for k in ("rank", "node_id", "pid")}, reason="disconnected")
                 self._announce_worker_gone(peer.worker)
+            self._finish_dumps(self._stacks.disconnected(peer, time.monotonic()))
             self._disconnected(peer)
 
     def _announce_worker_gone(self, worker: dict[str, Any]) -> None:
@@ -460,7 +464,7 @@ class Coordinator:
             except ValueError as e:
                 raise _Rejected(Code.PROTOCOL, str(e)) from None
         run_id = message.get("run_id")
-        if role is not Role.OBSERVER:
+        if role not in (Role.OBSERVER, Role.OPERATOR):
             try:
                 check_run_id(run_id, key="run_id")  # it may name a directory (torchrt_runs/RUN_ID)
             except InvalidRunIdError as e:
@@ -478,6 +482,7 @@ class Coordinator:
             peer.worker = dict(worker.info)
             self.events.emit(EventType.WORKER_STARTED, **peer.worker)
             self._note_worker_nproc(peer.worker)
+            self._stacks.connected(peer, worker.rank, worker.round, peer.worker.get("world_size"))
         peer.role = role
         return {"run_id": self.run_id, "store_port": self.store_port,
                 "run_dir": str(Path(self.config.run_dir).resolve()), "coordinator_pid": os.getpid(),
@@ -606,6 +611,74 @@ class Coordinator:
         for peer in list(self._subscribers):
             peer.send({"push": Push.EVENT, "event": event})
 
+    def _op_dump_stacks(self, peer: _Peer, message: Message, now: float) -> None:
+        """Take the Python stacks of ``rank`` (None: every rank of the current round), waiting at
+        most ``timeout_s`` seconds for them; answered when the dump is done and written
+        (:mod:`torchrt.coordinator.stacks`)."""
+        rank, timeout = message.get("rank"), message.get("timeout_s", STACK_DUMP_TIMEOUT_S)
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 0):
+            raise _Rejected(Code.PROTOCOL, f"dump_stacks 'rank': expected an integer >= 0 or null, got {rank!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT_S:
+            raise _Rejected(Code.PROTOCOL, f"dump_stacks 'timeout_s': expected seconds > 0 and <= "
+                                           f"{MAX_TIMEOUT_S:g}, got {timeout!r}")
+        self._begin_dump(None if rank is None else [rank], REQUESTED, float(timeout), now,
+                         requester=(peer, message.get("id")))
+        return None
+
+    def dump_stacks(self, ranks: list[int] | None, reason: str, timeout_s: float = STACK_DUMP_TIMEOUT_S) -> int:
+        """Take the Python stacks of ``ranks`` (None: every rank of the current round) for
+        ``reason`` (e.g. ``rank_stalled``); returns the dump's number. Call it on the event-loop
+        thread; the dump is announced by a ``stacks_dumped`` event when done."""
+        return self._begin_dump(ranks, reason, timeout_s, time.monotonic())
+
+    def _begin_dump(self, ranks: list[int] | None, reason: str, timeout_s: float, now: float,
+                    requester: tuple[_Peer, Any] | None = None) -> int:
+        current = self.membership.current if self.membership is not None else None
+        dump = self._stacks.begin(ranks, current.number if current is not None else None, reason, now, time.time(),
+                                  timeout_s=timeout_s, requester=requester)
+        for peer in dump.waiting.values():
+            peer.send({"push": Push.DUMP_STACKS, "request": dump.request})
+        if dump.done:
+            self._finish_dumps([dump])
+        return dump.request
+
+    def _op_stacks(self, peer: _Peer, message: Message, now: float) -> None:
+        """A worker's answer to a ``dump_stacks`` push (no reply)."""
+        done = self._stacks.answer(peer, message, now)
+        if done is not None:
+            self._finish_dumps([done])
+
+    def _finish_dumps(self, dumps: list[Dump]) -> None:
+        """Write each finished dump to RUN_DIR/stacks/ off the loop; then announce and answer it."""
+        for dump in dumps:
+            text = json.dumps(dump.record(), separators=(",", ":"), default=str)
+            try:
+                written = self._state_writer.submit(self._write_dump, dump.path, text)
+            except RuntimeError:  # the executor is gone (shutting down): write here
+                self._dump_written(dump, self._write_dump(dump.path, text))
+                continue
+            loop = asyncio.get_running_loop()
+            written.add_done_callback(lambda f, d=dump: _call_soon(loop, self._dump_written, d, f.result()))
+
+    def _write_dump(self, relative: str, text: str) -> str | None:
+        """Write one dump (on the state-writer thread); None when the run directory refused it."""
+        path = Path(self.config.run_dir) / relative
+        try:
+            path.parent.mkdir(exist_ok=True)
+            write_text_atomic(path, text)
+        except OSError as e:
+            self.health.failed(STACKS_DIR, e)
+            return None
+        self.health.succeeded(STACKS_DIR)
+        return relative
+
+    def _dump_written(self, dump: Dump, path: str | None) -> None:
+        self.events.emit(EventType.STACKS_DUMPED, **{**dump.summary(), "path": path})
+        if dump.requester is not None:
+            peer, request_id = dump.requester
+            if request_id is not None and not peer.writer.is_closing():
+                peer.send({"id": request_id, "ok": True, **dump.reply(path)})
+
     def _op_ping(self, peer: _Peer, message: Message, now: float) -> Message:
         return {"version": PROTOCOL_VERSION, "torch": torch.__version__}
 
@@ -720,6 +793,7 @@ class Coordinator:
                              f"{membership.waiting_count()} of the required {membership.settings.min_nodes} "
                              f"nodes joined: {_waiting_names(membership)}"})
             self._after_change(now)
+        self._finish_dumps(self._stacks.expire(now))
         self.events.flush()
         self._write_state()
         self._check_drained(now)
@@ -774,6 +848,14 @@ class Coordinator:
         node_id, nproc = worker.get("node_id"), worker.get("local_world_size")
         if self.membership and node_id in self.membership.nodes and nproc:
             self.membership.nodes[node_id].info.setdefault("nproc", nproc)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    """``callback(*args)`` on ``loop``, unless the loop has stopped."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:  # the loop is closed: the coordinator is gone
+        pass
 
 
 def _parse_op(value: object) -> Op:

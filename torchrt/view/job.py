@@ -38,6 +38,7 @@ from torchrt.view import store
 from torchrt.view.alerts import AlertsFold
 from torchrt.view.barriers import BarriersFold
 from torchrt.view.fold import JSON, Event, Fold, Paged, Sample, Source, ViewQueryError, number, page
+from torchrt.view.machines import MachinesFold
 from torchrt.view.metrics import MetricSource
 from torchrt.view.rendezvous import RendezvousFold
 from torchrt.view.run import RunFold
@@ -48,8 +49,8 @@ __all__ = ["JobView", "PARTS", "Part"]
 
 Part = Union[Fold, Source]
 # The parts of a job view, in snapshot order. A feature adds its fold here.
-PARTS: tuple[Callable[[], Part], ...] = (RunFold, RendezvousFold, WorkersFold, BarriersFold, AlertsFold,
-                                         MetricSource, RegistryFold, CheckpointFold)
+PARTS: tuple[Callable[[], Part], ...] = (RunFold, RendezvousFold, WorkersFold, MachinesFold, BarriersFold,
+                                         AlertsFold, MetricSource, RegistryFold, CheckpointFold)
 _Route = tuple[str, Callable[[Event], bool] | None, Callable[[Event], Iterable[Sample]] | None]
 
 

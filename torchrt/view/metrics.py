@@ -15,20 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from torchrt.contract import EventType
+from torchrt.contract import STEP_REPORTS, EventType
 from torchrt.view.fold import Event, Sample, number
 
 __all__ = ["MetricSource"]
 
-_STEP_REPORTS = (EventType.STEP, EventType.STEP_PROGRESS)
-
 
 class MetricSource:
     name = "metrics"
-    types = frozenset({EventType.METRIC, *_STEP_REPORTS})
+    types = frozenset({EventType.METRIC}) | STEP_REPORTS
 
     def samples(self, event: Event) -> Iterable[Sample]:
-        if event.get("type") in _STEP_REPORTS:
+        if event.get("type") in STEP_REPORTS:
             scalars = event.get("scalars")
             named = [("loss", event.get("loss"))] + (list(scalars.items()) if isinstance(scalars, dict) else [])
             return [(name, "", value) for name, raw in named

@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from torchrt.contract import EventType
+from torchrt.contract import STEP_REPORTS, EventType
 from torchrt.view.fold import JSON, Event, Sample, number
 
 __all__ = ["PROGRESS", "RECENT_STOPS", "SERIES_SUBJECT", "SHOWN", "WorkersFold"]
@@ -52,7 +52,6 @@ PROGRESS = ("step", "epoch", "position", "dataset", "steps", "step_ms", "step_ma
             "data_wait_ms", "barrier_ms", "checkpoint_ms", "loss")
 SERIES_SUBJECT = "steps"
 _SERIES_MEASURES = ("step_ms", "busy_ms", "samples_per_s", "data_wait_ms")
-_REPORTS = frozenset({EventType.STEP, EventType.STEP_PROGRESS})
 _ALERTS = frozenset({EventType.RANK_STRAGGLING, EventType.RANK_STALLED})
 _NO_PROGRESS: dict[str, Any] = dict.fromkeys(PROGRESS) | {"reported_at": None}
 
@@ -62,7 +61,7 @@ class WorkersFold:
 
     name = "workers"
     types = frozenset({EventType.WORKER_STARTED, EventType.WORKER_STOPPED, EventType.RANK_RECOVERED}) \
-        | _REPORTS | _ALERTS
+        | STEP_REPORTS | _ALERTS
     row_kinds = ("workers",)
 
     def __init__(self) -> None:
@@ -90,7 +89,7 @@ class WorkersFold:
             return True
         if row is None or row["state"] != "running":
             return False  # a report or alert of a rank that has no running worker in the record
-        if kind in _REPORTS:
+        if kind in STEP_REPORTS:
             progress = {key: event.get(key) for key in PROGRESS} | {"reported_at": event.get("ts")}
             row.update(progress)
             if kind == EventType.STEP_PROGRESS:
@@ -115,7 +114,7 @@ class WorkersFold:
             self.round = event["round"] if self.round is None else max(self.round, event["round"])
 
     def samples(self, event: Event) -> Iterable[Sample]:
-        if event.get("type") not in _REPORTS:
+        if event.get("type") not in STEP_REPORTS:
             return ()
         return [(SERIES_SUBJECT, measure, value) for measure in _SERIES_MEASURES
                 if (value := number(event.get(measure))) is not None]

@@ -1,0 +1,135 @@
+"""Simulated job for the telemetry ingest benchmark: ``python _ingest_sim.py ENDPOINT NODES RANKS_PER_NODE``.
+
+One asyncio process speaks the coordinator's wire protocol for a whole job:
+``NODES`` node connections say hello, join and confirm one round (as the
+rendezvous handler does) and heartbeat; then ``NODES x RANKS_PER_NODE`` worker
+connections say hello for that round and, every second each, send one
+``telemetry`` op with one ``step`` report (every 10th second a
+``step_progress``, as torchrt.step's reporter does), each node one
+``node_stats`` sample of itself and its workers. Reports start at random
+offsets within the second so they arrive spread, as real ranks' do. It prints
+``ready ROUND`` once every connection said hello and reports flow, then runs
+until its stdin closes; at the end it prints one JSON line of counts (replies
+accepted/refused, errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+from typing import Any
+
+from torchrt.contract import PROTOCOL_VERSION, EventType, Op, Role
+
+RUN_ID = "bench-ingest"
+
+
+class Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.ids = 0
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.task = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Conn:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 24)
+        return cls(reader, writer)
+
+    async def _read(self) -> None:
+        while line := await self.reader.readline():
+            message = json.loads(line)
+            future = self.waiting.pop(message.get("id"), None)
+            if future is not None and not future.done():
+                future.set_result(message)
+
+    def request(self, op: str, **fields: Any) -> asyncio.Future:
+        self.ids += 1
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[self.ids] = future
+        self.writer.write((json.dumps({"op": op, "id": self.ids, **fields}) + "\n").encode())
+        return future
+
+
+def hello(role: Role, **fields: Any) -> dict[str, Any]:
+    return {"version": PROTOCOL_VERSION, "role": role, "run_id": RUN_ID, "token": None, **fields}
+
+
+def step_report(rank: int, step: int, logged: bool) -> dict[str, Any]:
+    return {"type": EventType.STEP_PROGRESS if logged else EventType.STEP, "step": step, "steps": 10,
+            "window_s": 1.0, "step_ms": 100.0 + rank % 7, "step_max_ms": 120.0, "busy_ms": 90.0,
+            "data_wait_ms": 5.0, "barrier_ms": 3.0, "checkpoint_ms": 0.0, "samples": 640, "samples_per_s": 640.0,
+            "loss": 1.0 / (1 + step), "scalars": {"lr": 0.1}, "epoch": 0, "position": step * 640,
+            "dataset": "train"}
+
+
+def node_sample(node: int, ranks: range) -> dict[str, Any]:
+    return {"type": EventType.NODE_STATS, "cpu_percent": 50.0, "cpus": 64, "mem_percent": 40.0,
+            "mem_used": 1 << 36, "mem_total": 1 << 38, "disk_read_bps": 0.0, "disk_write_bps": 1e6,
+            "net_recv_bps": 1e8, "net_sent_bps": 1e8, "gpus": [],
+            "workers": [{"pid": 10_000 + r, "local_rank": r - ranks.start, "rank": r, "state": "running",
+                         "cpu_percent": 99.0, "rss": 1 << 31} for r in ranks]}
+
+
+async def main(endpoint: str, nodes: int, per_node: int) -> None:
+    host, port = endpoint.rsplit(":", 1)
+    counts = {"accepted": 0, "refused": 0, "errors": 0, "node_stats_errors": 0}
+    node_conns = [await Conn.open(host, int(port)) for _ in range(nodes)]
+    job = {"min_nodes": nodes, "max_nodes": nodes, "last_call_timeout": 0, "heartbeat_timeout": 30}
+    await asyncio.gather(*(c.request(Op.HELLO, **hello(Role.NODE, node_id=f"node{i}", job=job, info={
+        "hostname": f"host{i}", "addr": "127.0.0.1", "nproc": per_node, "device_kind": "cpu", "device_count": 0}))
+        for i, c in enumerate(node_conns)))
+    joined = await asyncio.gather(*(c.request(Op.JOIN, master_port=20_000 + i) for i, c in enumerate(node_conns)))
+    number = joined[0]["round"]
+    await asyncio.gather(*(c.request(Op.READY, round=number) for c in node_conns))
+    workers = []
+    for i in range(nodes):
+        for local in range(per_node):
+            rank = i * per_node + local
+            conn = await Conn.open(host, int(port))
+            workers.append((rank, i, conn))
+    await asyncio.gather(*(c.request(Op.HELLO, **hello(Role.WORKER, info={
+        "rank": rank, "local_rank": rank % per_node, "world_size": nodes * per_node, "local_world_size": per_node,
+        "node_id": f"node{i}", "round": number, "pid": 10_000 + rank, "backend": "gloo"})) for rank, i, c in workers))
+
+    async def report(conn: Conn, events: Any) -> None:
+        try:
+            reply = await conn.request(Op.TELEMETRY, events=events)
+        except Exception:
+            counts["errors"] += 1
+            return
+        counts["accepted"] += reply.get("accepted", 0)
+        counts["refused"] += reply.get("refused", 0)
+        if not reply.get("ok"):
+            counts["errors"] += 1
+
+    async def rank_loop(rank: int, conn: Conn) -> None:
+        await asyncio.sleep(random.random())
+        step = 0
+        while True:
+            step += 10
+            asyncio.get_running_loop().create_task(report(conn, [step_report(rank, step, step % 100 == 0)]))
+            await asyncio.sleep(1.0)
+
+    async def node_loop(i: int, conn: Conn) -> None:
+        await asyncio.sleep(random.random())
+        while True:
+            conn.request(Op.HEARTBEAT)
+            reply_future = conn.request(Op.TELEMETRY, events=[node_sample(i, range(i * per_node, (i + 1) * per_node))])
+            reply_future.add_done_callback(lambda f: f.result().get("ok") or counts.__setitem__(
+                "node_stats_errors", counts["node_stats_errors"] + 1))
+            await asyncio.sleep(1.0)
+
+    tasks = [asyncio.create_task(rank_loop(rank, c)) for rank, _, c in workers]
+    tasks += [asyncio.create_task(node_loop(i, c)) for i, c in enumerate(node_conns)]
+    print(f"ready {number}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for task in tasks:
+        task.cancel()
+    print(json.dumps(counts), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
