@@ -112,6 +112,9 @@ class MetricsWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        # Import TensorBoard's writer now, while the job is still gathering: imported on the first
+        # scalar (the first round's), it held the GIL for the ~0.1 s in which nodes confirm that round.
+        _file_version_event()
         while True:
             waiting = self._file is not None and self._file.unwritten
             try:

@@ -30,22 +30,22 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from torchrt.coordinator.access import Accepted, FirstRefusals, Refused, ReportGate, WorkerIdentity, forbidden, \
+from torchrt.coordinator.access import FirstRefusals, NodeReportGate, Refused, ReportGate, WorkerIdentity, forbidden, \
     token_matches
 from torchrt.coordinator.admission import Admission, AdmissionLimits, Connection, LineTooLongError
 from torchrt.coordinator.confirm import Confirmations
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
-from torchrt.coordinator.records import CheckpointRecords, MetricsWriter
+from torchrt.coordinator.observe import Observation
 from torchrt.coordinator.stacks import MAX_TIMEOUT_S, REQUESTED, STACKS_DIR, Dump, StackDumps, next_request_number
 from torchrt.coordinator.run_dir import (
     COORDINATOR_FILE,
-    STATE_FILE,
     EventLog,
     InvalidRunIdError,
     RunDirError,
@@ -54,18 +54,18 @@ from torchrt.coordinator.run_dir import (
     write_json_atomic,
     write_text_atomic,
 )
-from torchrt.data.events import RegistryFold
-from torchrt.contract import (DEFAULT_HOST, DEFAULT_PORT, JOB_DEFAULTS, LIVE_PUSH, MEMBERSHIP_OPS, PROTOCOL_VERSION, Code,
+from torchrt.contract import (DEFAULT_HOST, DEFAULT_PORT, JOB_DEFAULTS, MEMBERSHIP_OPS, PROTOCOL_VERSION, Code,
                               STACK_DUMP_TIMEOUT_S, Env, EventType, Op, Push, Role, worker_gone_key)
 from torchrt.protocol import Message, connect_host, decode, encode, format_endpoint, is_loopback
+from torchrt.view.alerts import AlertSettings
+from torchrt.view.fold import ViewQueryError
+from torchrt.view.job import JobView
 
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 4096  # a thousand nodes may dial at once
 SHUTDOWN_GRACE_S = 1.0  # how long shutdown waits for the connections it closed to finish
-# The events the contract marks as not logged (frequent and only interesting live: sample thumbnails,
-# user metrics) are folded into state or TensorBoard and pushed to subscribers as the kind given here.
-EPHEMERAL_EVENTS: dict[EventType, Push] = LIVE_PUSH
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -83,6 +83,7 @@ class CoordinatorConfig:
     drain_timeout_s: float = 30.0  # drain(): the longest it waits for the job's processes to go
     confirm_timeout_s: float = 30.0  # a participant that has not confirmed its round by then is declared dead
     admission: AdmissionLimits = dataclasses.field(default_factory=AdmissionLimits)  # before/after hello
+    alerts: AlertSettings = dataclasses.field(default_factory=AlertSettings)  # straggler and stall rules
 
 
 class _Peer:
@@ -99,7 +100,7 @@ class _Peer:
         self.left = False
         self.last_state: tuple[Any, ...] | None = None
         self.worker: dict[str, Any] | None = None  # a worker's hello info, as recorded
-        self.reports: ReportGate | None = None  # a worker's: which of its reports are accepted
+        self.reports: ReportGate | NodeReportGate | None = None  # which of its reports are accepted
         self.refusals = FirstRefusals()  # forbidden ops already recorded for this connection
 
     def send(self, message: Message) -> None:
@@ -128,16 +129,22 @@ class Coordinator:
         self._job: dict[str, Any] | None = None
         self._peers: set[_Peer] = set()
         self._subscribers: set[_Peer] = set()
-        self._datasets = RegistryFold()
-        self._checkpoints = CheckpointRecords()
         self._stacks = StackDumps(next_request_number(run_dir / STACKS_DIR))
-        self._metrics = MetricsWriter(run_dir, health=self.health)
         self._state_writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="torchrt-state")
-        self._state_write: concurrent.futures.Future[None] | None = None
+        # Start its thread now: started by the first write, in the middle of the first round, its
+        # start waited ~0.1 s for the GIL (measured), and so did every node confirming the round.
+        self._state_writer.submit(lambda: None)
+        try:  # the view replays the run directory and records every event from here on
+            self.observed = Observation(run_dir, self.events, self.health, push=self._push_live,
+                                        describe=self._describe, writer=self._state_writer,
+                                        on_stalled=self._dump_stalled, alerts=config.alerts,
+                                        state_interval=config.state_write_interval_s)
+        except BaseException:  # e.g. a series snapshot that cannot be read: nothing is left open
+            self._state_writer.shutdown()
+            self.events.close()
+            raise
         self._node_peers: dict[str, _Peer] = {}
         self._broadcast_key: tuple[Any, ...] | None = None
-        self._state_dirty = True
-        self._state_written_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -184,7 +191,6 @@ class Coordinator:
         self._record_restart()
         self._warn_if_open()
         self.events.subscribe(self._push_event)
-        self.events.subscribe(self._metrics.observe)
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run_loop, args=(ready,),
                                         name="torchrt-coordinator", daemon=True)
@@ -263,7 +269,7 @@ class Coordinator:
         self._released = True
         self._store = None
         self._state_writer.shutdown(wait=True)
-        self._metrics.close()
+        self.observed.close()
         self.events.close()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -288,7 +294,7 @@ class Coordinator:
         self._shutting_down = True
         self.events.emit(EventType.SHUTDOWN, reason=reason)
         self.events.seal()  # the connections it closes now are not news: shutdown is the last event
-        self._write_state(force=True)
+        self.observed.finish()
         self.events.flush()
         self._tick_task.cancel()
         self._server.close()
@@ -507,6 +513,7 @@ class Coordinator:
             old.node_id = None
             old.writer.close()
         peer.node_id = node_id
+        peer.reports = NodeReportGate(node_id)
         self._node_peers[node_id] = peer
         self.membership.connect(node_id, info, now)
 
@@ -597,8 +604,14 @@ class Coordinator:
         return {}
 
     def _op_status(self, peer: _Peer, message: Message, now: float) -> Message:
+        """The view's snapshot, the last ``events`` events and the ``pages`` asked for (lists of the
+        view a page at a time: ``[{"part", "kind", "offset", "limit"}]``)."""
         limit = int(message.get("events", 20))
-        return {"state": self.snapshot(), "events": self.events.recent(limit)}
+        try:
+            pages = self.observed.pages(message.get("pages"))
+        except ViewQueryError as e:
+            raise _Rejected(Code.PROTOCOL, str(e)) from None
+        return {"state": self.observed.state(), "events": self.events.recent(limit), "pages": pages}
 
     def _op_subscribe(self, peer: _Peer, message: Message, now: float) -> Message:
         """Live event stream: the reply carries what is still in memory after ``since``,
@@ -608,8 +621,15 @@ class Coordinator:
         return {"events": [e for e in self.events.recent(0) if e["seq"] > since]}
 
     def _push_event(self, event: dict[str, Any]) -> None:
+        self._push_live(Push.EVENT, event)
+
+    def _push_live(self, kind: Push, event: dict[str, Any]) -> None:
         for peer in list(self._subscribers):
-            peer.send({"push": Push.EVENT, "event": event})
+            peer.send({"push": kind, "event": event})
+
+    def _dump_stalled(self, rank: int) -> None:
+        """The alert rules found ``rank`` stalled: take its stacks (announced by ``stacks_dumped``)."""
+        self.dump_stacks(ranks=[rank], reason=EventType.RANK_STALLED)
 
     def _op_dump_stacks(self, peer: _Peer, message: Message, now: float) -> None:
         """Take the Python stacks of ``rank`` (None: every rank of the current round), waiting at
@@ -683,8 +703,11 @@ class Coordinator:
         return {"version": PROTOCOL_VERSION, "torch": torch.__version__}
 
     def _op_telemetry(self, peer: _Peer, message: Message, now: float) -> Message:
-        """A worker's reports: each accepted or refused by its :class:`ReportGate`; the reply
-        counts both (a refusal is recorded, not an error: see torchrt.coordinator.access)."""
+        """A worker's or a node's reports: each accepted or refused by its gate (``ReportGate``,
+        ``NodeReportGate``); the reply counts both (a refusal is recorded, not an error: see
+        torchrt.coordinator.access). A node reports only over the connection that is its node's."""
+        if peer.role is Role.NODE:
+            self._node_of(peer)
         assert peer.reports is not None
         reports = message.get("events")
         if not isinstance(reports, list):
@@ -698,22 +721,8 @@ class Coordinator:
                 if verdict.first:
                     self.events.emit(EventType.REPORT_REFUSED, **verdict.record())
             else:
-                self._record(verdict)
-        self._state_dirty = True
+                self.observed.record(verdict)
         return {"accepted": len(reports) - refused, "refused": refused}
-
-    def _record(self, report: Accepted) -> None:
-        push = EPHEMERAL_EVENTS.get(report.type)
-        if push is not None:  # kept in state and pushed live, not logged
-            live = {"type": report.type, "ts": report.ts if report.ts is not None else time.time(), **report.fields}
-            self._datasets.apply(live)
-            self._metrics.observe(live)
-            for subscriber in list(self._subscribers):
-                subscriber.send({"push": push, "event": live})
-        else:
-            recorded = self.events.emit(report.type, **report.fields)
-            if not self._datasets.apply(recorded):
-                self._checkpoints.apply(recorded)
 
     # --------------------------------------------------------------- decisions
     def _close(self, by: str | None, now: float) -> None:
@@ -736,7 +745,6 @@ class Coordinator:
                 self._answer_ready(node_id, {"ok": False, "code": Code.SUPERSEDED,
                                              "error": f"round {number} was replaced before it started"})
         self._broadcast_state()
-        self._state_dirty = True
 
     def _announce(self, completed: Round) -> None:
         for rank, node_id in enumerate(completed.participants):
@@ -795,48 +803,20 @@ class Coordinator:
             self._after_change(now)
         self._finish_dumps(self._stacks.expire(now))
         self.events.flush()
-        self._write_state()
+        self.observed.tick(now)
         self._check_drained(now)
 
     # ----------------------------------------------------------------- state
     def snapshot(self) -> dict[str, Any]:
-        membership = self.membership.snapshot() if self.membership else None
-        workers = [p.worker for p in self._peers if p.role is Role.WORKER and p.worker]
-        return {"coordinator": self._describe(), "membership": membership,
-                "workers": sorted(workers, key=lambda w: w.get("rank", 0)),
-                "datasets": self._datasets.view, "checkpoints": self._checkpoints.view(),
-                "tensorboard": str(self._metrics.log_dir), "written_at": time.time()}
+        """What ``state.json`` and the status op carry (the view's snapshot); from any thread."""
+        return self.read_view(lambda view: self.observed.state())
 
-    def _write_state(self, force: bool = False) -> None:
-        """Snapshot on the loop (the state is only consistent there), write in the background:
-        at a thousand nodes a write takes tens of ms, which the loop must not stall for."""
-        now = time.monotonic()
-        due = self._state_dirty and now - self._state_written_at >= self.config.state_write_interval_s
-        busy = self._state_write is not None and not self._state_write.done()
-        if not force and (not due or busy):
-            return
-        self._state_dirty = False
-        self._state_written_at = now
-        text = json.dumps(self.snapshot(), separators=(",", ":"), default=str)
-        if force:
-            if busy:
-                self._state_write.result()
-            self._write_state_file(text)
-            return
-        try:
-            self._state_write = self._state_writer.submit(self._write_state_file, text)
-        except RuntimeError:  # the executor is gone (the interpreter is exiting): write here
-            self._write_state_file(text)
-
-    def _write_state_file(self, text: str) -> None:
-        """Replace state.json; a failure (disk full) is reported and the state written again later."""
-        try:
-            write_text_atomic(Path(self.config.run_dir) / STATE_FILE, text)
-        except OSError as e:
-            self._state_dirty = True
-            self.health.failed(STATE_FILE, e)
-        else:
-            self.health.succeeded(STATE_FILE)
+    def read_view(self, read: Callable[[JobView], T]) -> T:
+        """``read(view)`` on the coordinator's loop, where the view changes (from any thread)."""
+        loop = self._loop
+        if loop is None or not loop.is_running() or threading.current_thread() is self._thread:
+            return read(self.observed.view)
+        return asyncio.run_coroutine_threadsafe(_call(read, self.observed.view), loop).result(timeout=10)
 
     def _describe(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "host": self.config.host, "port": self.port,
@@ -856,6 +836,10 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> No
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:  # the loop is closed: the coordinator is gone
         pass
+
+
+async def _call(read: Callable[[JobView], T], view: JobView) -> T:
+    return read(view)
 
 
 def _parse_op(value: object) -> Op:
