@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="drain and exit when this process exits (what `torchrt run` uses)")
     coord.set_defaults(func=_cmd_coordinator)
 
-    status = sub.add_parser("status", help="membership, rounds and recent events of a job")
+    status = sub.add_parser("status", help="a job's round, nodes, ranks (step, rate, alerts), processes and events")
     status.add_argument("--endpoint", type=_endpoint, default=None, metavar="HOST:PORT",
                         help=f"default: {default_endpoint}")
     _add_token_options(status, "the job's token")

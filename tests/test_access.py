@@ -107,8 +107,9 @@ def test_only_a_node_changes_membership(coordinator):
         with pytest.raises(OperationForbiddenError, match="may not send 'subscribe'"):
             intruder.request(Op.SUBSCRIBE, timeout=10)
         observer.request(Op.STATUS, timeout=10)  # what an observer may do still works
-        membership = coordinator.snapshot()["membership"]
-        assert not membership["closed"] and [n["status"] for n in membership["nodes"]] == ["active"]
+        assert not coordinator.snapshot()["rendezvous"]["closed"]
+        nodes = coordinator.read_view(lambda view: view.page("rendezvous", "nodes")["items"])
+        assert [n["status"] for n in nodes] == ["active"]
         assert not logged(coordinator, EventType.RENDEZVOUS_CLOSED)
         assert not logged(coordinator, EventType.NODE_LEFT)
         refusals = [e["op"] for e in logged(coordinator, EventType.NODE_REJECTED)]

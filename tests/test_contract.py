@@ -43,7 +43,8 @@ def test_every_event_type_has_a_spec_with_fields():
         assert spec.doc and isinstance(spec.fields, dict), spec.type
         assert spec.origin in (Origin.COORDINATOR, Origin.WORKER, Origin.NODE)
     assert EventType.NODE_DEAD not in contract.WORKER_REPORTS
-    assert contract.NODE_REPORTS == {EventType.NODE_STATS} and not contract.NODE_REPORTS & contract.WORKER_REPORTS
+    assert contract.NODE_REPORTS == {EventType.NODE_STATS, EventType.NODE_STATUS}
+    assert not contract.NODE_REPORTS & contract.WORKER_REPORTS
     assert EventType.RANK_STALLED not in contract.WORKER_REPORTS | contract.NODE_REPORTS
     assert EventType.SHUTDOWN not in contract.WORKER_REPORTS
     assert EVENTS[EventType.CHECKPOINT_COMMITTED].rank0_only

@@ -38,11 +38,13 @@ def test_dataset_registry_in_state_and_previews_pushed_not_logged(tmp_path):
         ])
         assert got_preview.wait(5)
         assert previews[0]["index"] == 17 and previews[0]["node_id"] == "n0"
-        state = watcher.request("status")["state"]
-        record = state["datasets"]["digits"]
-        assert record["size"] == 1797 and record["position"] == 640
-        assert record["ranks"]["1"]["samples"] == {"0": 320}
-        assert record["preview"]["1"]["index"] == 17
+        status = watcher.request("status", pages=[{"part": "datasets", "kind": "ranks"}])
+        record = status["state"]["datasets"]["digits"]  # the view's summary; per-rank detail is a page
+        assert record["size"] == 1797 and record["position"] == 640 and record["samples_in_epoch"] == 320
+        [row] = status["pages"]["datasets/ranks"]["items"]
+        assert row["rank"] == 1 and row["samples"] == {"0": 320}
+        previews_kept = coordinator.read_view(lambda view: view.part("datasets").view["digits"]["preview"])
+        assert previews_kept[1]["index"] == 17  # live only: in the view, not in the record
     finally:
         worker.close()
         watcher.close()

@@ -264,7 +264,7 @@ def test_restarted_coordinator_continues_the_record(tmp_path: Path) -> None:
     assert after[2] == {**after[2], "rank": 0, "node_id": "n1", "pid": 4242, "reason": "coordinator restarted"}
     assert [e["round"] for e in after if e["type"] == EventType.ROUND_STARTED] == [2]
     state = json.loads((run_dir / STATE_FILE).read_text())
-    assert state["membership"]["round"]["round"] == 2
+    assert state["rendezvous"]["current"]["round"] == 2
 
 
 # ------------------------------------------------------------- interpreter exit
@@ -348,11 +348,12 @@ def test_full_disk_mid_run_the_job_goes_on_and_the_record_catches_up(
                   log=tmp_path / "agent.log")
     try:
         assert agent.wait(120) == 0, agent.log()  # the job goes on and finishes
-        wait_until(lambda: not coordinator.snapshot()["workers"], 30, "the workers' connections to end")
+        wait_until(lambda: not coordinator.snapshot()["workers"]["by_state"].get("running"), 30,
+                   "the workers' connections to end")
         assert not coordinator.health.ok
         filler.unlink()
         wait_until(lambda: events(run_dir, EventType.RUN_DIR_ERROR), 15, "the run_dir_error event")
-        wait_until(lambda: json.loads((run_dir / STATE_FILE).read_text())["membership"]["closed"], 10,
+        wait_until(lambda: json.loads((run_dir / STATE_FILE).read_text())["rendezvous"]["closed"], 10,
                    "state.json to catch up")
     finally:
         agent.close()

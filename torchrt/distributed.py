@@ -21,6 +21,11 @@ so a restarted generation never meets its predecessor's counters. Ranks must
 call barriers of the same name in the same order, as with collectives. A call
 that times out leaves its counter short, so the name is then unusable: later
 calls fail at once with ``BarrierError`` rather than pair with a stale count.
+
+Rank 0 reports its completions once per barrier name and second. Names go
+through the job view's :class:`~torchrt.view.names.NameTable` first, so a
+barrier named after the step (``"step-123"``) is reported as ``"step-#"``, one
+event a second, not one per call.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from torchrt.errors import BarrierError
 from torchrt.protocol import parse_endpoint
 from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
 from torchrt.telemetry.stacks import StackResponder
+from torchrt.view.barriers import CAP as BARRIER_NAMES_CAP
+from torchrt.view.names import NameTable
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +140,8 @@ def barrier(name: str = "barrier", timeout: timedelta | None = None) -> float:
                            f"arrived: {e}") from e
     elapsed = time.perf_counter() - started
     if ctx.rank == 0:
-        _barrier_reports.setdefault(name, _BarrierReport(name)).add(seq, ctx.world_size, elapsed)
+        key = _barrier_names.key(name)  # bounded: a name that changes every call shares one report
+        _barrier_reports.setdefault(key, _BarrierReport(key)).add(ctx.world_size, elapsed)
     return elapsed
 
 
@@ -143,18 +151,19 @@ class _BarrierReport:
     A training loop may pass thousands of barriers a second; an event for each would cost the
     coordinator (and, on a small machine, the workers sharing its CPUs) more than the barriers.
     The first completion of a name is reported at once; later ones as a window: how many, and
-    their median and maximum latency.
+    their median and maximum latency. ``call`` counts the completions of the report's name (of
+    every name it stands for, when it is a pattern such as ``step-#``).
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.latencies: list[float] = []
         self.reported_at: float | None = None
-        self.last: tuple[int, int] = (0, 0)
+        self.last: tuple[int, int] = (0, 0)  # calls so far, world size
 
-    def add(self, seq: int, world_size: int, elapsed: float) -> None:
+    def add(self, world_size: int, elapsed: float) -> None:
         self.latencies.append(elapsed)
-        self.last = (seq, world_size)
+        self.last = (self.last[0] + 1, world_size)
         now = time.monotonic()
         if self.reported_at is None or now - self.reported_at >= BARRIER_REPORT_INTERVAL_S:
             self.report(now)
@@ -173,6 +182,7 @@ class _BarrierReport:
 
 BARRIER_REPORT_INTERVAL_S = 1.0
 _barrier_reports: dict[str, _BarrierReport] = {}
+_barrier_names = NameTable(BARRIER_NAMES_CAP, "barrier names")
 
 
 def job_store(timeout: timedelta | None = None) -> dist.Store:

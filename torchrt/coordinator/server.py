@@ -677,7 +677,8 @@ class Coordinator:
             except RuntimeError:  # the executor is gone (shutting down): write here
                 self._dump_written(dump, self._write_dump(dump.path, text))
                 continue
-            loop = asyncio.get_running_loop()
+            loop = self._loop
+            assert loop is not None
             written.add_done_callback(lambda f, d=dump: _call_soon(loop, self._dump_written, d, f.result()))
 
     def _write_dump(self, relative: str, text: str) -> str | None:

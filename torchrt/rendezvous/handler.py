@@ -23,6 +23,12 @@ Closing follows c10d: ``set_closed()`` and ``shutdown()`` close the rendezvous
 for everybody even on a handler that never joined (it connects to do so), and
 ``is_closed()`` on a fresh handler asks the coordinator.
 
+While connected, the handler samples its machine and the agent's worker
+processes once a second (:class:`~torchrt.telemetry.node.NodeStatsThread`,
+``node_stats_interval``) and reports them over its connection, so the job view
+shows the workers of any torchrun script, also one that never imports torchrt;
+its last sample goes out, logged, when it leaves.
+
 The handler also exports ``TORCHRT_*`` variables into the agent's environment;
 torchrun copies that environment into every worker it starts after the round,
 which is how ``torchrt.init()`` learns the job's backend, round and coordinator.
@@ -50,11 +56,12 @@ from torch.distributed.elastic.rendezvous import (
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.coordinator.server import Coordinator, CoordinatorConfig
 from torchrt.errors import CoordinatorUnavailableError, RendezvousConfigError, RoundSupersededError
-from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env, Op, Push, Role, round_store_prefix
+from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env, EventType, Op, Push, Role, round_store_prefix
 from torchrt.protocol import Message, connect_host, format_endpoint, parse_endpoint
 from torchrt.rendezvous.bootstrap import BootstrapStore
 from torchrt.rendezvous.node_info import describe_node, is_local_host
 from torchrt.rendezvous.options import RendezvousOptions
+from torchrt.telemetry.node import NodeStatsThread
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +97,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         self._hint = (0, 0)  # (round, nodes waiting) as last pushed: a hint is about one round
         self._closed = False
         self._round: Message | None = None
+        self._stats: NodeStatsThread | None = None  # samples this node while it is connected
 
     # ---------------------------------------------------------- contract
     def get_backend(self) -> str:
@@ -155,6 +163,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         this node never joined. False when no coordinator could be told (none runs, or it went)."""
         ok = True
         atexit.unregister(self._leave_at_exit)
+        self._stop_stats()
         with self._lock:
             client, self._client = self._client, None
         if client is None and self._hosted is None:  # never connected: find the coordinator to close
@@ -201,6 +210,9 @@ class TorchrtRendezvousHandler(RendezvousHandler):
                 self._try_to_host()
             client = self._connect(timeout=self._options.connect_timeout)
             self._client = client
+            interval = self._options.node_stats_interval
+            if self._stats is None and interval > 0:
+                self._stats = NodeStatsThread(self._send_stats, interval=interval).start()
             # After the hosted coordinator's own exit hook, so that (last in, first out) it runs first.
             atexit.unregister(self._leave_at_exit)
             atexit.register(self._leave_at_exit)
@@ -214,6 +226,7 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         """Say goodbye when the agent exits without ``shutdown()``: torchrun skips it on a signal
         (Ctrl-C, SIGTERM), and the coordinator would otherwise record this node as dead and re-form.
         The rendezvous stays open: other nodes may go on."""
+        self._stop_stats()
         with self._lock:
             client, self._client = self._client, None
         if client is None:
@@ -225,6 +238,19 @@ class TorchrtRendezvousHandler(RendezvousHandler):
         except Exception as e:  # the interpreter is going away; nothing else to do
             logger.info("node %s could not say goodbye at exit: %s", self.node_id, e)
         client.close()
+
+    def _send_stats(self, kind: EventType, fields: dict[str, object]) -> None:
+        """One sample of this node (the stats thread's), over the current connection."""
+        client = self._client
+        if client is None or not client.connected:
+            raise CoordinatorUnavailableError(f"not connected to the coordinator at {self._endpoint}")
+        client.request(Op.TELEMETRY, events=[{"type": kind, **fields}], timeout=SHUTDOWN_TIMEOUT_S)
+
+    def _stop_stats(self) -> None:
+        """Stop sampling; the last sample goes out, logged, while the connection is still up."""
+        stats, self._stats = self._stats, None
+        if stats is not None:
+            stats.stop(last_word=True)
 
     def _connect(self, timeout: float) -> CoordinatorClient:
         """A new connection to the coordinator, hello said (it also says whether the rendezvous is

@@ -22,7 +22,9 @@ so a command line written for ``--rdzv-backend=c10d`` works unchanged:
   coordinator always serves a libuv TCP store.
 
 ``token_file`` names a file holding the token (:func:`torchrt.tokens.resolve_token`),
-so the secret does not show in ``ps``.
+so the secret does not show in ``ps``. ``node_stats_interval`` is how often the
+handler samples its machine and worker processes for the job view (seconds;
+0: never, as for many simulated nodes in one process).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class RendezvousOptions:
     heartbeat_interval: float = setting(0.5, Number(gt=0))
     heartbeat_timeout: float = setting(JOB_DEFAULTS.heartbeat_timeout, Number(gt=0))
     connect_timeout: float = setting(60.0, Number(gt=0))
+    node_stats_interval: float = setting(1.0, Number(ge=0))
 
     def __post_init__(self) -> None:
         try:

@@ -1,10 +1,16 @@
 """The node's side of telemetry: CPU, memory, disk and network of the machine, and its workers.
 
-:class:`NodeSampler` is meant to run in the torchrun agent, in the torchrt
-rendezvous handler, on a thread of its own (:class:`NodeStatsThread`, once a
-second), sending each sample as a ``node_stats`` report over the node's
-connection to the coordinator. Since it runs in the agent, a plain torchrun
-script that never imports torchrt still shows its workers.
+:class:`NodeSampler` runs in the torchrun agent, in the torchrt rendezvous
+handler, on a thread of its own (:class:`NodeStatsThread`, once a second),
+sending each sample as a report over the node's connection to the coordinator.
+Since it runs in the agent, a plain torchrun script that never imports torchrt
+still shows its workers. A sample is sent as ``node_stats`` (live only) or,
+like a rank's ``step_progress``, as ``node_status`` (logged): the first one,
+one whenever the workers change (a process appears, exits, its exit code is
+learnt, or its row is dropped), one every :data:`LOG_INTERVAL_S`, and the
+node's last word (:meth:`NodeStatsThread.stop`). The record thus holds every
+worker's life at a bounded rate, and a view replayed from it ends where the
+live one did.
 
 How the agent knows its workers: torchrun starts each worker as a child process
 of the agent (``subprocess.Popen``), with ``LOCAL_RANK``/``RANK`` in its
@@ -51,12 +57,14 @@ import psutil
 
 from torchrt.contract import EventType
 
-__all__ = ["KEEP_EXITED_S", "GpuProbe", "NodeSampler", "NodeStatsThread", "agent_workers", "exit_code"]
+__all__ = ["KEEP_EXITED_S", "LOG_INTERVAL_S", "GpuProbe", "NodeSampler", "NodeStatsThread", "agent_workers",
+           "exit_code"]
 
 logger = logging.getLogger(__name__)
 
 KEEP_EXITED_S = 30.0
 DEFAULT_INTERVAL_S = 1.0
+LOG_INTERVAL_S = 30.0  # a node's sample is logged at least this often (and whenever its workers change)
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied)
 _WORKER_ENV = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID")
 
@@ -238,35 +246,54 @@ class NodeSampler:
 
 class NodeStatsThread:
     """Samples every ``interval`` seconds on a daemon thread and hands each sample to ``send`` as
-    the fields of a ``node_stats`` report (``send(type, fields)``); a failing send is logged, once."""
+    the fields of a ``node_stats`` or ``node_status`` report (``send(type, fields)``, see the module
+    docstring); a failing send is logged, once."""
 
     def __init__(self, send: Callable[[EventType, dict[str, Any]], None], sampler: NodeSampler | None = None,
-                 interval: float = DEFAULT_INTERVAL_S) -> None:
+                 interval: float = DEFAULT_INTERVAL_S, log_interval: float = LOG_INTERVAL_S) -> None:
         self.send = send
         self.sampler = sampler or NodeSampler()
         self.interval = interval
+        self.log_interval = log_interval
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one sample at a time: the thread's, or the last word
         self._warned = False
+        self._logged_at: float | None = None
+        self._workers: tuple[Any, ...] | None = None  # the workers as last logged
         self._thread = threading.Thread(target=self._run, name="torchrt-node-stats", daemon=True)
 
     def start(self) -> NodeStatsThread:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, last_word: bool = False) -> None:
+        """Stop sampling; ``last_word``: send one more sample, logged (the node is leaving)."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        if last_word:
+            self._report(final=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.send(EventType.NODE_STATS, {"ts": time.time(), **self.sampler.sample(time.monotonic())})
-            except Exception as e:  # noqa: BLE001 - the agent must never die of its telemetry
-                if not self._warned:
-                    logger.warning("torchrt: node stats not sent: %s", e)
-                    self._warned = True
+            self._report()
             self._stop.wait(self.interval)
+
+    def _report(self, final: bool = False) -> None:
+        try:
+            with self._lock:
+                now = time.monotonic()
+                stats = self.sampler.sample(now)
+                workers = tuple((w["pid"], w.get("state") == "exited", w.get("exit_code")) for w in stats["workers"])
+                logged = (final or self._logged_at is None or now - self._logged_at >= self.log_interval
+                          or workers != self._workers)
+                self.send(EventType.NODE_STATUS if logged else EventType.NODE_STATS, {"ts": time.time(), **stats})
+                if logged:  # once sent: a sample that could not be sent is logged by the next one
+                    self._logged_at, self._workers = now, workers
+        except Exception as e:  # noqa: BLE001 - the agent must never die of its telemetry
+            if not self._warned:
+                logger.warning("torchrt: node stats not sent: %s", e)
+                self._warned = True
 
 
 def _disk() -> Any:

@@ -102,6 +102,11 @@ class WorkersFold:
             row["alerts"] = {k: v for k, v in row["alerts"].items() if k != was}
         return True
 
+    def running(self, rank: int) -> bool:
+        """Whether the record has a running worker of ``rank``."""
+        row = self.ranks.get(rank)
+        return row is not None and row["state"] == "running"
+
     def _started(self, rank: int, event: Event) -> None:
         previous = self.ranks.get(rank)
         self.ranks[rank] = {"rank": rank, **{k: event.get(k) for k in _STARTED}, "state": "running",
