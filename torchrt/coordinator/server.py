@@ -593,8 +593,8 @@ class Coordinator:
         node_id = self._node_of(peer)
         assert self.membership is not None
         peer.left = True
-        reason = message.get("reason")
-        self.membership.leave(node_id, now, reason=reason[:200] if isinstance(reason, str) else None)
+        reason = message.get("reason")  # a job being stopped (drain) says why itself
+        self.membership.leave(node_id, now, reason=self._draining or (reason[:200] if isinstance(reason, str) else None))
         if message.get("close"):
             self._close(node_id, now)
         return {}
