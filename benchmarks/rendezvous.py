@@ -274,6 +274,8 @@ class Signals:
 
 def make_handler(group: NodeGroup, index: int) -> RendezvousHandler:
     conf = host_conf(group.backend, index == group.host_index, Path(group.run_dir))
+    if group.backend == "torchrt":  # many simulated nodes share one machine: none samples it
+        conf["node_stats_interval"] = "0"
     params = RendezvousParameters(group.backend, group.endpoint, group.run_id, group.nnodes, group.nnodes,
                                   local_addr="127.0.0.1", **conf)
     return get_rendezvous_handler(params)

@@ -231,7 +231,7 @@ def test_the_sampler_shows_each_worker_process_cpu_and_rss_and_the_exit_code_of_
 def test_the_sampler_thread_sends_node_stats_until_stopped(children):
     children(BURN, 0)
     sent: list[tuple[EventType, dict[str, Any]]] = []
-    thread = NodeStatsThread(lambda kind, fields: sent.append((kind, fields)), interval=0.05).start()
+    thread = NodeStatsThread(lambda kind, fields: sent.append((kind, fields)) or True, interval=0.05).start()
     wait_until(lambda: len(sent) >= 3, timeout=10, what="three samples")
     thread.stop()
     count = len(sent)

@@ -11,11 +11,18 @@ It owns three things:
 * a c10d ``TCPStore`` server (libuv) on a second port, bound to the same host,
   used by the agents (rank assignment, exit barrier, one key prefix per round)
   and by ``torchrt.barrier``;
-* the run directory (:mod:`torchrt.coordinator.run_dir`): events and snapshots.
+* the run directory (:mod:`torchrt.coordinator.run_dir`): the event log.
 
-All state lives on the event-loop thread; no locks are needed around it. The
-loop also runs a short housekeeping tick for what is a timeout by nature
-(heartbeats, last call, join timeout).
+What it only watches is :class:`~torchrt.coordinator.observe.Observation`'s: the
+job view (built from the run directory and every event), the straggler and stall
+rules (a stalled rank's stacks are taken: :meth:`Coordinator.dump_stacks`),
+TensorBoard and ``state.json``; the server hands it the workers' and nodes'
+reports and knows neither the features' events nor their modules.
+
+All state lives on the event-loop thread; no locks are needed around it (other
+threads read the view through :meth:`Coordinator.read_view`). The loop also runs
+a short housekeeping tick for what is a timeout by nature (heartbeats, last
+call, join timeout, the alert rules, persisting the series).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from torchrt.coordinator.confirm import Confirmations
 from torchrt.coordinator.membership import Membership, NodeStatus, Round, RoundSettings
 from torchrt.coordinator.observe import Observation
 from torchrt.coordinator.stacks import MAX_TIMEOUT_S, REQUESTED, STACKS_DIR, Dump, StackDumps, next_request_number
+from torchrt.coordinator.sockets import listen_socket, store_server
 from torchrt.coordinator.run_dir import (
     COORDINATOR_FILE,
     EventLog,
@@ -63,7 +71,6 @@ from torchrt.view.job import JobView
 
 logger = logging.getLogger(__name__)
 
-LISTEN_BACKLOG = 4096  # a thousand nodes may dial at once
 SHUTDOWN_GRACE_S = 1.0  # how long shutdown waits for the connections it closed to finish
 T = TypeVar("T")
 
@@ -853,25 +860,3 @@ def _parse_op(value: object) -> Op:
 def _waiting_names(membership: Membership) -> str:
     names = [n.node_id for n in membership.nodes.values() if n.status == NodeStatus.WAITING]
     return ", ".join(names) or "none"
-
-
-def store_server(sock: socket.socket, host: str) -> dist.TCPStore:
-    """A libuv ``TCPStore`` server on ``sock``, a listening socket bound to one address, which it
-    takes over; ``host`` is how its own client dials it. (A store that binds its port itself, as
-    c10d's does, listens on every interface whatever host it is given.)"""
-    return dist.TCPStore(host, sock.getsockname()[1], is_master=True, wait_for_workers=False,
-                         use_libuv=True, master_listen_fd=sock.detach())
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket listening on ``host`` only (port 0: a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
-    except OSError:
-        sock.close()
-        raise
-    return sock

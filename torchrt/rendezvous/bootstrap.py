@@ -26,7 +26,7 @@ import socket
 
 import torch.distributed as dist
 
-from torchrt.coordinator.server import listen_socket, store_server
+from torchrt.coordinator.sockets import listen_socket, store_server
 from torchrt.errors import RendezvousConnectionError
 
 logger = logging.getLogger(__name__)

@@ -239,12 +239,14 @@ class TorchrtRendezvousHandler(RendezvousHandler):
             logger.info("node %s could not say goodbye at exit: %s", self.node_id, e)
         client.close()
 
-    def _send_stats(self, kind: EventType, fields: dict[str, object]) -> None:
-        """One sample of this node (the stats thread's), over the current connection."""
+    def _send_stats(self, kind: EventType, fields: dict[str, object]) -> bool:
+        """One sample of this node (the stats thread's) over the current connection; False while
+        there is none (the handler is reconnecting)."""
         client = self._client
         if client is None or not client.connected:
-            raise CoordinatorUnavailableError(f"not connected to the coordinator at {self._endpoint}")
+            return False
         client.request(Op.TELEMETRY, events=[{"type": kind, **fields}], timeout=SHUTDOWN_TIMEOUT_S)
+        return True
 
     def _stop_stats(self) -> None:
         """Stop sampling; the last sample goes out, logged, while the connection is still up."""

@@ -247,9 +247,10 @@ class NodeSampler:
 class NodeStatsThread:
     """Samples every ``interval`` seconds on a daemon thread and hands each sample to ``send`` as
     the fields of a ``node_stats`` or ``node_status`` report (``send(type, fields)``, see the module
-    docstring); a failing send is logged, once."""
+    docstring), which returns False when it cannot send now (no connection: the sample is dropped,
+    and what was due to be logged is logged with the next one); a send that fails is logged, once."""
 
-    def __init__(self, send: Callable[[EventType, dict[str, Any]], None], sampler: NodeSampler | None = None,
+    def __init__(self, send: Callable[[EventType, dict[str, Any]], bool], sampler: NodeSampler | None = None,
                  interval: float = DEFAULT_INTERVAL_S, log_interval: float = LOG_INTERVAL_S) -> None:
         self.send = send
         self.sampler = sampler or NodeSampler()
@@ -272,14 +273,15 @@ class NodeStatsThread:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
         if last_word:
-            self._report(final=True)
+            self.report(final=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._report()
+            self.report()
             self._stop.wait(self.interval)
 
-    def _report(self, final: bool = False) -> None:
+    def report(self, final: bool = False) -> None:
+        """Take one sample and send it now (``final``: logged, the last word)."""
         try:
             with self._lock:
                 now = time.monotonic()
@@ -287,8 +289,9 @@ class NodeStatsThread:
                 workers = tuple((w["pid"], w.get("state") == "exited", w.get("exit_code")) for w in stats["workers"])
                 logged = (final or self._logged_at is None or now - self._logged_at >= self.log_interval
                           or workers != self._workers)
-                self.send(EventType.NODE_STATUS if logged else EventType.NODE_STATS, {"ts": time.time(), **stats})
-                if logged:  # once sent: a sample that could not be sent is logged by the next one
+                sent = self.send(EventType.NODE_STATUS if logged else EventType.NODE_STATS,
+                                 {"ts": time.time(), **stats})
+                if logged and sent:
                     self._logged_at, self._workers = now, workers
         except Exception as e:  # noqa: BLE001 - the agent must never die of its telemetry
             if not self._warned:

@@ -25,6 +25,7 @@ page at a time (:meth:`JobView.page`), the series' points on request
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -46,6 +47,8 @@ from torchrt.view.series import DEFAULT_CAP, SeriesBook
 from torchrt.view.workers import WorkersFold
 
 __all__ = ["JobView", "PARTS", "Part"]
+
+logger = logging.getLogger(__name__)
 
 Part = Union[Fold, Source]
 # The parts of a job view, in snapshot order. A feature adds its fold here.
@@ -74,6 +77,7 @@ class JobView:
         self.store: store.SeriesStore | None = None
         self.seq = 0
         self.ts: float | None = None
+        self.failures: dict[str, int] = {}  # part -> events it failed on
 
     # ---------------------------------------------------------------- inputs
     def apply(self, event: Event, series: bool = True) -> bool:
@@ -87,14 +91,24 @@ class JobView:
             self.seq, self.ts = seq, event.get("ts")
         took = False
         for part, apply, samples in self._routes.get(kind, ()):
-            if apply is not None and apply(event):
-                took = True
-            if samples is not None and series:
-                ts = number(event.get("ts"))
-                for subject, measure, value in samples(event) if ts is not None else ():
-                    self.series.add(part, subject, measure, ts, value)
+            try:
+                if apply is not None and apply(event):
                     took = True
+                if samples is not None and series:
+                    ts = number(event.get("ts"))
+                    for subject, measure, value in samples(event) if ts is not None else ():
+                        self.series.add(part, subject, measure, ts, value)
+                        took = True
+            except Exception as e:  # noqa: BLE001 - a report a part cannot take must not stop the view
+                self._failed(part, kind, e)
         return took
+
+    def _failed(self, part: str, kind: str, error: Exception) -> None:
+        """A part failed on an event (a value of a type it did not expect): counted, warned once."""
+        if part not in self.failures:
+            logger.warning("job view: the %s part could not take a %s event (%s: %s); such events are "
+                           "counted in its snapshot's 'failures'", part, kind, type(error).__name__, error)
+        self.failures[part] = self.failures.get(part, 0) + 1
 
     def flush(self, now: float) -> None:
         """Close the series' seconds that ended by ``now`` and persist them (when recording)."""
@@ -112,7 +126,7 @@ class JobView:
     # ------------------------------------------------------------------ reads
     def snapshot(self) -> JSON:
         return {"seq": self.seq, "ts": self.ts, **{fold.name: fold.snapshot() for fold in self.folds},
-                "series": self.series.snapshot()}
+                "series": self.series.snapshot(), "failures": dict(self.failures)}
 
     def part(self, name: str) -> Part:
         """The part called ``name`` (e.g. ``"datasets"``, whose ``view`` also holds the live previews)."""

@@ -10,7 +10,9 @@ imports torchrt shows its workers here: pid, local rank, rank, state, CPU, RSS
 and the exit code when the sampler saw it.
 
 A row per node holds its latest sample and ``state``: ``reporting``, or
-``gone`` once its node left or died or the coordinator shut down. As in
+``gone`` once its node left or died or the coordinator shut down (or a new
+coordinator took over a run whose last one crashed: its connections died with
+it; a node that reconnects reports again). As in
 :class:`~torchrt.view.workers.WorkersFold`, the live samples are not in the
 record, so a row that goes ``gone`` goes back to its node's last logged sample:
 a view replayed from the run directory then holds the same rows as the live one.
@@ -45,6 +47,7 @@ GPU_FIELDS = ("index", "util_percent", "mem_used", "mem_total", "error")
 NODE_MEASURES = ("cpu_percent", "mem_percent", "disk_read_bps", "disk_write_bps", "net_recv_bps", "net_sent_bps")
 EXITED = "exited"
 _GONE = frozenset({EventType.NODE_LEFT, EventType.NODE_DEAD})
+_ALL_GONE = frozenset({EventType.SHUTDOWN, EventType.COORDINATOR_RESTARTED})
 
 
 def _rows(value: object, keys: Sequence[str], limit: int) -> list[dict[str, Any]]:
@@ -58,7 +61,7 @@ class MachinesFold:
     """Each node's machine and worker processes, as last reported (see the module docstring)."""
 
     name = "machines"
-    types = NODE_REPORTS | _GONE | {EventType.SHUTDOWN}
+    types = NODE_REPORTS | _GONE | _ALL_GONE
     row_kinds = ("machines",)
 
     def __init__(self) -> None:
@@ -67,8 +70,8 @@ class MachinesFold:
 
     def apply(self, event: Event) -> bool:
         kind = event.get("type")
-        if kind == EventType.SHUTDOWN:
-            for node_id in self.nodes:
+        if kind in _ALL_GONE:
+            for node_id in list(self.nodes):
                 self._gone(node_id)
             return True
         if kind in _GONE:

@@ -129,7 +129,8 @@ class WorkersFold:
         nodes: set[Any] = set()
         for row in self.ranks.values():
             by_state[row["state"]] = by_state.get(row["state"], 0) + 1
-            nodes.add(row["node_id"])
+            if isinstance(row["node_id"], str):
+                nodes.add(row["node_id"])
         return {"total": len(self.ranks), "by_state": by_state, "world_size": self.world_size, "round": self.round,
                 "nodes": len(nodes), "restarted": sum(1 for row in self.ranks.values() if row["starts"] > 1),
                 "recent_stops": list(self.stops), "progress": self._progress(), "alerts": self._alerts()}
