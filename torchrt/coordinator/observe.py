@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,8 +45,6 @@ from torchrt.view.job import JobView
 from torchrt.view.workers import WorkersFold
 
 __all__ = ["MAX_PAGE", "Observation"]
-
-logger = logging.getLogger(__name__)
 
 MAX_PAGE = 1000  # rows one status op may ask of one list
 FLUSH_EVERY_S = 1.0  # the series' finished seconds are persisted this often
