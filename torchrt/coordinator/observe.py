@@ -21,7 +21,10 @@ features' events nor their modules:
 * TensorBoard (:class:`~torchrt.coordinator.records.MetricsWriter`), fed with
   every event, logged or live;
 * ``state.json``: the view's snapshot (:meth:`Observation.state`), written off
-  the loop at most every ``state_interval`` seconds once the view changed.
+  the loop at most every ``state_interval`` seconds once the view changed, and
+  less often when the snapshot is large: taking it costs the loop (~4 ms at a
+  thousand ranks), so the interval grows with that cost to keep it under
+  :data:`STATE_SHARE` of the loop's time, up to :data:`MAX_STATE_INTERVAL_S`.
 
 Everything here runs on the coordinator's loop thread, as the server does.
 """
@@ -48,6 +51,8 @@ __all__ = ["MAX_PAGE", "Observation"]
 
 MAX_PAGE = 1000  # rows one status op may ask of one list
 FLUSH_EVERY_S = 1.0  # the series' finished seconds are persisted this often
+STATE_SHARE = 0.01  # at most this fraction of the loop's time goes into state.json snapshots
+MAX_STATE_INTERVAL_S = 5.0  # however large the state, state.json is this fresh
 Event = dict[str, Any]
 
 
@@ -76,6 +81,7 @@ class Observation:
         self._changed = True
         self._flushed_at = 0.0
         self._written_at = 0.0
+        self._state_cost = 0.0  # CPU seconds the last snapshot took the loop thread
         self._write: concurrent.futures.Future[None] | None = None
         self._finished = False
 
@@ -172,13 +178,15 @@ class Observation:
         """Snapshot on the loop (the view is only consistent there), write in the background: at
         a thousand ranks a write takes milliseconds the loop must not stall for."""
         now = time.monotonic()
-        due = self._changed and now - self._written_at >= self.state_interval
+        due = self._changed and now - self._written_at >= self.state_write_interval()
         busy = self._write is not None and not self._write.done()
         if not force and (not due or busy):
             return
         self._changed = False
         self._written_at = now
+        cpu = time.thread_time()  # the loop's CPU, not its wall time: a preempted snapshot is not a large one
         text = json.dumps(self.state(), separators=(",", ":"), default=str)
+        self._state_cost = time.thread_time() - cpu
         if force:
             if busy:
                 assert self._write is not None
@@ -189,6 +197,11 @@ class Observation:
             self._write = self.writer.submit(self._write_file, text)
         except RuntimeError:  # the executor is gone (the interpreter is exiting): write here
             self._write_file(text)
+
+    def state_write_interval(self) -> float:
+        """Seconds between two state.json snapshots now: ``state_interval``, or longer when the last
+        snapshot took more than :data:`STATE_SHARE` of that (see the module docstring)."""
+        return max(self.state_interval, min(self._state_cost / STATE_SHARE, MAX_STATE_INTERVAL_S))
 
     def _write_file(self, text: str) -> None:
         """Replace state.json; a failure (disk full) is reported and the state written again later."""

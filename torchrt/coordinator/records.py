@@ -2,7 +2,8 @@
 
 ``MetricsWriter`` turns events into TensorBoard scalars under ``RUN_DIR/tensorboard``.
 It runs on a thread of its own (importing tensorboard takes a second or two, and
-writing must never stall the coordinator's event loop): ``observe`` only enqueues.
+writing must never stall the coordinator's event loop): ``observe`` only enqueues,
+and only the kinds of event that have scalars at all.
 A full or read-only disk costs scalars nothing: they wait and are written later.
 
 Tags have bounded cardinality: the part of a tag that users name (a metric, a
@@ -57,29 +58,52 @@ def _as_given(family: str, name: str) -> str:
     return name
 
 
-def scalars_of(event: Event, names: Names = _as_given) -> list[tuple[str, float, int]]:
+Scalars = list[tuple[str, float, int]]  # (tag, value, step)
+
+
+def _metric(event: Event, names: Names) -> Scalars:  # torchrt.log_metric(name, value, step)
+    return [(names("metric", str(event["name"])), float(event["value"]), int(event.get("step", 0)))]
+
+
+def _round(event: Event, names: Names) -> Scalars:
+    n = int(event["round"])
+    return [("rendezvous/round_total_s", event["total_s"], n), ("rendezvous/world_size", event["world_size"], n)]
+
+
+def _barrier(event: Event, names: Names) -> Scalars:
+    return [(f"barrier/{names('barrier', str(event['name']))}/p50_us", event.get("p50_us", event["latency_us"]),
+             int(event["call"]))]
+
+
+def _checkpoint_saved(event: Event, names: Names) -> Scalars:
+    step, rank = int(event["step"]), event.get("rank")
+    return [(f"checkpoint/{key}/rank{rank}", event[key], step) for key in ("stall_s", "write_s", "mb_s")]
+
+
+def _checkpoint_committed(event: Event, names: Names) -> Scalars:
+    return [(f"checkpoint/{key}", event[key], int(event["step"])) for key in ("total_s", "mb_s", "bytes")]
+
+
+def _data_timing(event: Event, names: Names) -> Scalars:
+    step = int(event.get("position", 0)) + int(event.get("epoch", 0)) * 10**9
+    dataset, rank = names("dataset", str(event["dataset"])), event.get("rank")
+    return [(f"data/{dataset}/{key}/rank{rank}", event[key], step)
+            for key in ("samples_per_s", "wait_fraction") if key in event]
+
+
+_SCALARS: dict[str, Callable[[Event, Names], Scalars]] = {
+    EventType.METRIC: _metric, EventType.ROUND_COMPLETED: _round, EventType.BARRIER: _barrier,
+    EventType.CHECKPOINT_SAVED: _checkpoint_saved, EventType.CHECKPOINT_COMMITTED: _checkpoint_committed,
+    EventType.DATA_TIMING: _data_timing,
+}
+
+
+def scalars_of(event: Event, names: Names = _as_given) -> Scalars:
     """The (tag, value, step) scalars an event contributes to TensorBoard; ``names`` gives the name
-    a tag uses for a user-chosen one (the writer's :class:`TagNames`)."""
-    kind, rank = event.get("type"), event.get("rank")
-    if kind == EventType.METRIC:  # torchrt.log_metric(name, value, step)
-        return [(names("metric", str(event["name"])), float(event["value"]), int(event.get("step", 0)))]
-    if kind == EventType.ROUND_COMPLETED:
-        n = int(event["round"])
-        return [("rendezvous/round_total_s", event["total_s"], n), ("rendezvous/world_size", event["world_size"], n)]
-    if kind == EventType.BARRIER:
-        return [(f"barrier/{names('barrier', str(event['name']))}/p50_us", event.get("p50_us", event["latency_us"]),
-                 int(event["call"]))]
-    if kind == EventType.CHECKPOINT_SAVED:
-        step = int(event["step"])
-        return [(f"checkpoint/{key}/rank{rank}", event[key], step) for key in ("stall_s", "write_s", "mb_s")]
-    if kind == EventType.CHECKPOINT_COMMITTED:
-        return [(f"checkpoint/{key}", event[key], int(event["step"])) for key in ("total_s", "mb_s", "bytes")]
-    if kind == EventType.DATA_TIMING:
-        step = int(event.get("position", 0)) + int(event.get("epoch", 0)) * 10**9
-        dataset = names("dataset", str(event["dataset"]))
-        return [(f"data/{dataset}/{key}/rank{rank}", event[key], step)
-                for key in ("samples_per_s", "wait_fraction") if key in event]
-    return []
+    a tag uses for a user-chosen one (the writer's :class:`TagNames`). Only the kinds of
+    ``_SCALARS`` have any: every other event (a rank's steps, a node's sample) has none."""
+    scalars = _SCALARS.get(event.get("type"))
+    return [] if scalars is None else scalars(event, names)
 
 
 class MetricsWriter:
@@ -105,7 +129,11 @@ class MetricsWriter:
         self._thread.start()
 
     def observe(self, event: Event) -> None:
-        self._queue.put(event)
+        """Hand ``event`` to the writer thread if it has scalars at all: at a thousand ranks the
+        coordinator observes a thousand step reports a second that have none, and each hand-off
+        costs the loop thread a queue put and the writer thread a wake-up."""
+        if event.get("type") in _SCALARS:
+            self._queue.put(event)
 
     def close(self, timeout: float = 10.0) -> None:
         self._queue.put(None)
