@@ -125,3 +125,19 @@ def init_gloo(rank: int, world: int, port: int) -> None:
     store = dist.TCPStore("127.0.0.1", port, world, rank == 0, timeout=timedelta(seconds=60), use_libuv=True)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
 
+
+
+def live_and_replayed_views() -> tuple[Any, Any, Callable[[dict], None]]:
+    """Two job views and ``logged(event)``, which records an event (numbered as the event log
+    does) into both: what only ``live.apply`` gets is what a replay of the run never sees."""
+    from torchrt.view import JobView
+
+    live, replay = JobView(), JobView()
+    seq = [0]
+
+    def logged(event: dict) -> None:
+        seq[0] += 1
+        for view in (live, replay):
+            view.apply({**event, "seq": seq[0]})
+
+    return live, replay, logged

@@ -32,7 +32,7 @@ from torchrt.view.machines import MAX_WORKERS
 from torchrt.view.names import VARIANTS
 
 from tests.agents import REPO, Agent
-from tests.helpers import events, form_round, node_client, wait_until
+from tests.helpers import live_and_replayed_views, events, form_round, node_client, wait_until
 
 WORKER = Path(__file__).with_name("job_view_worker.py")
 PLAIN = Path(__file__).with_name("plain_worker.py")
@@ -274,13 +274,7 @@ def test_a_nodes_sample_is_logged_first_when_its_workers_change_every_interval_a
 
 
 def test_the_machines_part_goes_back_to_the_last_logged_sample_when_the_node_goes_and_stays_bounded():
-    live, replay = JobView(), JobView()
-    seq = [0]
-
-    def logged(event: dict[str, Any]) -> None:
-        seq[0] += 1
-        for view in (live, replay):
-            view.apply({**event, "seq": seq[0]})
+    live, replay, logged = live_and_replayed_views()
 
     many = [{"pid": pid, "state": "running", "rss": 10, "junk": "x" * 100} for pid in range(MAX_WORKERS + 50)]
     logged({"type": EventType.NODE_STATUS, "ts": 1.0, "node_id": "a", "cpu_percent": 10.0, "workers": many})

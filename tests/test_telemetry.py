@@ -26,7 +26,7 @@ from torchrt.telemetry.node import GpuProbe, NodeSampler, NodeStatsThread, agent
 from torchrt.telemetry.steps import MAX_SCALARS, StepMeter
 from torchrt.view import JobView
 
-from tests.helpers import ManualClock, events, free_port, wait_until
+from tests.helpers import live_and_replayed_views, ManualClock, events, free_port, wait_until
 
 
 def meter(clock: ManualClock, **kw: Any) -> StepMeter:
@@ -295,13 +295,7 @@ def test_live_and_replayed_rows_agree_once_workers_stop_however_they_ended():
     """Live, the view sees every report; the record (a replay) only the logged ones. A worker that
     exits cleanly ends on a logged report; one that is killed ends on a live one, so its stopped row
     goes back to its last logged figures, which is what a replay holds."""
-    live, replay = JobView(), JobView()
-    seq = [0]
-
-    def logged(event: dict[str, Any]) -> None:
-        seq[0] += 1
-        for view in (live, replay):
-            view.apply({**event, "seq": seq[0]})
+    live, replay, logged = live_and_replayed_views()
 
     clocks = {rank: ManualClock(0.0) for rank in range(2)}
     meters = {rank: meter(clock) for rank, clock in clocks.items()}
