@@ -1,4 +1,4 @@
-"""``torchrt`` subcommands: run, coordinator, status, stacks, doctor.
+"""``torchrt`` subcommands: run, coordinator, monitor, status, stacks, doctor.
 
 Each subcommand is a small function taking parsed arguments and returning an
 exit status. Errors meant for the user are one ``torchrt: ...`` line on
@@ -11,7 +11,9 @@ failure while running (no coordinator answers, the port is taken) exits 1.
 drains (closes the rendezvous and waits for the job's nodes and workers to
 go, then stops; a second Ctrl-C stops at once); with ``--owner-pid`` it
 drains when that process exits, which is how ``torchrt run`` ties the
-coordinator it starts to itself.
+coordinator it starts to itself. Unless ``--no-monitor``, it also starts the job's monitor
+(:mod:`launch.monitor`, a process of its own) and prints its URL, which ``coordinator.json``
+records too; a monitor that fails never stops the coordinator.
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:  # the parser imports nothing of torchrt (see build_parser)
+    import subprocess
+
+    from torchrt.coordinator import Coordinator
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,12 @@ def _pid(text: str) -> int:
     return int(text)
 
 
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) >= 65536:
+        raise argparse.ArgumentTypeError(f"expected a port (0-65535; 0: a free one), got {text!r}")
+    return int(text)
+
+
 def _rank(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise argparse.ArgumentTypeError(f"expected a rank (an integer >= 0), got {text!r}")
@@ -96,7 +109,7 @@ def _token(args: argparse.Namespace) -> str | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from launch.runner import run_config
 
-    return run_config(args.config, args.overrides)
+    return run_config(args.config, args.overrides, monitor=args.monitor)
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
@@ -133,9 +146,30 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: coordinator.stop_soon("terminated (SIGTERM)"))
     if args.owner_pid is not None:
         watch_owner(args.owner_pid, lambda: coordinator.drain(f"its owner (pid {args.owner_pid}) exited"))
+    monitor = _start_monitor(coordinator, token, run_dir) if args.monitor else None
     coordinator.wait()
     coordinator.stop()
+    if monitor is not None and monitor.poll() is None:
+        monitor.terminate()  # it would also go by itself: it watches this process
     return 0
+
+
+def _start_monitor(coordinator: Coordinator, token: str | None, run_dir: Path) -> subprocess.Popen[bytes] | None:
+    from launch.monitor import start_monitor_process
+
+    def serving(url: str) -> None:
+        coordinator.set_monitor_url(url)
+        print(f"torchrt monitor at {url}", flush=True)
+
+    return start_monitor_process(coordinator.endpoint, token, run_dir / "monitor.log", on_url=serving)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from launch.monitor import serve_monitor
+
+    return serve_monitor(endpoint=None if args.run_dir else (args.endpoint or _default_endpoint()),
+                         run_dir=args.run_dir, token=_token(args), bind=args.bind, port=args.port,
+                         tensorboard=args.tensorboard, owner_pid=args.owner_pid)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -171,6 +205,11 @@ def _default_endpoint() -> str:
     return f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 
 
+def _add_no_monitor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-monitor", dest="monitor", action="store_false",
+                        help="do not start the web monitor (default: start it and print its URL)")
+
+
 def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--token", default=None,
                         help=f"{what} (shows in ps: prefer --token-file or TORCHRT_TOKEN)")
@@ -190,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value (repeatable)")
+    _add_no_monitor(run)
     run.set_defaults(func=_cmd_run)
 
     coord = sub.add_parser("coordinator", help="run a standalone coordinator")
@@ -201,7 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token_options(coord, "shared secret nodes must present")
     coord.add_argument("--owner-pid", type=_pid, default=None, metavar="PID",
                        help="drain and exit when this process exits (what `torchrt run` uses)")
+    _add_no_monitor(coord)
     coord.set_defaults(func=_cmd_coordinator)
+
+    monitor = sub.add_parser("monitor", help="the web monitor: live on a coordinator, or replaying a run directory")
+    where = monitor.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", type=_endpoint, default=None, metavar="HOST:PORT",
+                       help=f"attach live to this coordinator (default: {default_endpoint})")
+    where.add_argument("--run-dir", default=None, metavar="DIR", help="replay this finished run's directory")
+    _add_token_options(monitor, "the job's token (also what the monitor's pages ask for)")
+    monitor.add_argument("--bind", default="127.0.0.1", metavar="HOST",
+                         help="the address to serve on (default: 127.0.0.1; any other needs a token)")
+    monitor.add_argument("--port", type=_port, default=0, metavar="N", help="default: a free port")
+    monitor.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                         help="do not start TensorBoard on the run's event files")
+    monitor.add_argument("--owner-pid", type=_pid, default=None, metavar="PID",
+                         help="exit when this process exits (what `torchrt coordinator` uses)")
+    monitor.set_defaults(func=_cmd_monitor)
 
     status = sub.add_parser("status", help="a job's round, nodes, ranks (step, rate, alerts), processes and events")
     status.add_argument("--endpoint", type=_endpoint, default=None, metavar="HOST:PORT",

@@ -6,7 +6,9 @@ anything starts); make sure a coordinator answers at ``rendezvous.endpoint``
 checking that its run directory can be written, exit 2 if not; or leave it to
 the torchrun handler's connect retries when the endpoint is remote); run
 torchrun with the torchrt rendezvous backend; stop the coordinator this runner
-started; return torchrun's exit status.
+started; return torchrun's exit status. The coordinator it starts also starts the
+job's monitor (unless ``monitor=False``, ``--no-monitor``); the runner prints the
+monitor's URL once ``coordinator.json`` has it.
 
 Nothing outlives the runner. The coordinator and torchrun run in sessions of
 their own (a terminal's Ctrl-C reaches them once, through the runner) and
@@ -22,11 +24,13 @@ everything under it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,7 +42,7 @@ import psutil
 from torchrt.config import ConfigError, JobConfig, config_environment, load_config
 from torchrt.contract import Env
 from torchrt.coordinator.client import ping
-from torchrt.coordinator.run_dir import RunDirError, ensure_writable
+from torchrt.coordinator.run_dir import COORDINATOR_FILE, RunDirError, ensure_writable
 from torchrt.errors import CoordinatorUnavailableError, RendezvousError
 from torchrt.protocol import parse_endpoint
 from torchrt.rendezvous.node_info import is_local_host
@@ -49,6 +53,7 @@ __all__ = ["agent_argv", "coordinator_argv", "run_config", "torchrun_argv"]
 
 COORDINATOR_START_TIMEOUT = 30.0
 COORDINATOR_STOP_TIMEOUT = 10.0
+MONITOR_URL_TIMEOUT = 30.0  # how long the runner looks for the monitor's URL to print it
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -85,12 +90,13 @@ def torchrun_argv(config: JobConfig, is_host: bool | None = False) -> list[str]:
     ]
 
 
-def coordinator_argv(config: JobConfig, owner_pid: int | None = None) -> list[str]:
+def coordinator_argv(config: JobConfig, owner_pid: int | None = None, monitor: bool = True) -> list[str]:
     """The command that starts a coordinator for ``config`` (its token travels in TORCHRT_TOKEN),
-    one that exits when process ``owner_pid`` does."""
+    one that exits when process ``owner_pid`` does, with the job's monitor unless ``monitor`` is False."""
     owner = ["--owner-pid", str(owner_pid)] if owner_pid is not None else []
     return [sys.executable, "-m", "launch.cli", "coordinator", "--bind", config.rendezvous.endpoint,
-            "--run-dir", config.job.run_dir, "--run-id", config.job.run_id, *owner]
+            "--run-dir", config.job.run_dir, "--run-id", config.job.run_id, *owner,
+            *([] if monitor else ["--no-monitor"])]
 
 
 def agent_argv(config: JobConfig, is_host: bool | None, owner_pid: int) -> list[str]:
@@ -100,7 +106,7 @@ def agent_argv(config: JobConfig, is_host: bool | None, owner_pid: int) -> list[
     return [sys.executable, "-m", "launch.agent", "--owner-pid", str(owner_pid), *torchrun[3:]]
 
 
-def run_config(path: str, overrides: Sequence[str] = ()) -> int:
+def run_config(path: str, overrides: Sequence[str] = (), monitor: bool = True) -> int:
     """Run the job described by the YAML config at ``path``; return its exit status.
 
     2: the config is invalid or the run directory cannot be written (nothing
@@ -116,7 +122,7 @@ def run_config(path: str, overrides: Sequence[str] = ()) -> int:
     stopper: _SignalStop | None = None
     try:
         try:
-            found, coordinator = _ensure_coordinator(config)
+            found, coordinator = _ensure_coordinator(config, monitor)
         except RunDirError as e:
             print(f"torchrt: {e}", file=sys.stderr)
             return 2
@@ -124,6 +130,8 @@ def run_config(path: str, overrides: Sequence[str] = ()) -> int:
             print(f"torchrt: {e}", file=sys.stderr)
             return 1
         stopper = _SignalStop(coordinator)
+        if coordinator is not None and monitor:
+            _announce_monitor(Path(config.job.run_dir) / COORDINATOR_FILE, coordinator)
         return _run_torchrun(config, overrides, is_host=False if found else config.rendezvous.is_host,
                              stopper=stopper)
     finally:
@@ -146,7 +154,25 @@ def _answers(config: JobConfig, timeout: float) -> bool:
         raise _StartError(f"the coordinator at {endpoint} refused this run: {e}") from e
 
 
-def _ensure_coordinator(config: JobConfig) -> tuple[bool, subprocess.Popen[bytes] | None]:
+def _announce_monitor(described: Path, coordinator: subprocess.Popen[bytes]) -> None:
+    """Print the monitor's URL once the coordinator records it in ``described`` (from a thread:
+    the job does not wait for its monitor)."""
+    def watch() -> None:
+        deadline = time.monotonic() + MONITOR_URL_TIMEOUT
+        while time.monotonic() < deadline and coordinator.poll() is None:
+            try:
+                url = json.loads(described.read_text(encoding="utf-8")).get("monitor_url")
+            except (OSError, ValueError):
+                url = None
+            if url:
+                print(f"torchrt: monitor at {url}", flush=True)
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, name="torchrt-monitor-url", daemon=True).start()
+
+
+def _ensure_coordinator(config: JobConfig, monitor: bool) -> tuple[bool, subprocess.Popen[bytes] | None]:
     """(a coordinator answers, the one this runner started or None)."""
     rdzv = config.rendezvous
     if _answers(config, timeout=2.0):
@@ -163,7 +189,7 @@ def _ensure_coordinator(config: JobConfig) -> tuple[bool, subprocess.Popen[bytes
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     if rdzv.token is not None:
         env[Env.TOKEN] = rdzv.token
-    argv = coordinator_argv(config, owner_pid=os.getpid())
+    argv = coordinator_argv(config, owner_pid=os.getpid(), monitor=monitor)
     logger.info("starting a coordinator: %s (log: %s)", " ".join(argv), log_path)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -52,7 +52,7 @@ from torchrt.errors import FieldError
 from torchrt.rendezvous.options import RendezvousOptions, heartbeat_timeout_check
 from torchrt.tokens import resolve_token
 from torchrt.validation import (Check, Endpoint, Integer, Number, Text, TextList, TextMap, checks_of, missing_key,
-                                show, unknown_key)
+                                setting, show, unknown_key)
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,17 @@ __all__ = [
     "CheckpointSection",
     "ConfigError",
     "DataSection",
+    "DemoFaults",
+    "DemoSection",
     "EntrypointSection",
     "JobConfig",
     "JobSection",
+    "KillWorker",
     "NodesSection",
     "RendezvousSection",
     "Section",
+    "SlowRank",
+    "StopNode",
     "config_from_environment",
     "load_config",
 ]
@@ -76,6 +81,12 @@ _REQUIRED: Any = object()
 _RDZV = RendezvousOptions()  # the rendezvous section's defaults are the handler's
 _RDZV_CHECKS = checks_of(RendezvousOptions)  # ... and so are its checks
 _PLAIN = Text(plain=True)  # a string that travels in torchrun's --rdzv-conf k=v,k=v
+_PLAIN_OR_NULL = Text(plain=True, optional=True)
+
+
+def _check(cls: type, key: str) -> Check:
+    """The check declared on field ``key`` of section dataclass ``cls`` (what docs/config.md shows)."""
+    return checks_of(cls)[key]
 
 
 class ConfigError(FieldError):
@@ -109,6 +120,16 @@ class Section:
         if any(dotted == o or dotted.startswith(o + ".") for o in self.overridden):
             return f"{dotted} (from --set)"
         return dotted
+
+    def sub(self, key: str) -> Section | None:
+        """The mapping under ``key`` as a section of its own (``demo.faults``); absent or null: None."""
+        raw = self.raw.get(key)
+        if raw is None:
+            return None
+        if not isinstance(raw, dict):
+            raise self.error(key, f"expected a mapping of keys, got {show(raw)}", expected="a mapping of keys",
+                             got=raw)
+        return Section(self.file, f"{self.name}.{key}", raw, self.overridden)
 
     def error(self, key: str, problem: str, *, expected: str | None = None, got: Any = None) -> ConfigError:
         return ConfigError(self.file, self.key(key), problem, expected=expected, got=got)
@@ -149,38 +170,41 @@ class Section:
 class JobSection:
     """``job``: what the run is called and where its record goes."""
 
-    name: str
-    run_id: str
-    run_dir: str
-    max_restarts: int = 0
+    name: str = setting(check=Text(), doc="name of the job")
+    run_id: str = setting(check=Text(), default_doc="`name`",
+                          doc="rendezvous id; every node of one run uses the same; a name (letters, digits, `._-`)")
+    run_dir: str = setting(check=_PLAIN, default_doc="`$TORCHRT_RUNS_DIR/<run_id>` (`torchrt_runs/<run_id>`)",
+                           doc="the run's record (events, state, coordinator.log)")
+    max_restarts: int = setting(0, Integer(ge=0), doc="torchrun `--max-restarts`")
 
     @classmethod
     def parse(cls, s: Section) -> JobSection:
-        name = s.value("name", Text(), _REQUIRED)
-        run_id = s.value("run_id", Text(), name)
+        name = s.value("name", _check(cls, "name"), _REQUIRED)
+        run_id = s.value("run_id", _check(cls, "run_id"), name)
         try:
             default_run_dir = str(_RDZV.run_dir_for(run_id))  # the handler's default, which checks the run id
         except FieldError as e:
             raise s.reraise(e, "run_id") from None
-        return cls(name=name, run_id=run_id, run_dir=s.value("run_dir", _PLAIN, default_run_dir),
-                   max_restarts=s.value("max_restarts", Integer(ge=0), 0))
+        return cls(name=name, run_id=run_id, run_dir=s.value("run_dir", _check(cls, "run_dir"), default_run_dir),
+                   max_restarts=s.value("max_restarts", _check(cls, "max_restarts"), cls.max_restarts))
 
 
 @dataclasses.dataclass(frozen=True)
 class NodesSection:
     """``nodes``: how many nodes (elastic between min and max) and workers per node."""
 
-    min: int = 1
-    max: int = 1
-    nproc_per_node: int = 1
-    monitor_interval: float = 0.1
+    min: int = setting(1, Integer(ge=1), doc="fewest nodes to start a round")
+    max: int = setting(1, Integer(ge=1), default_doc="`min`", doc="most nodes; at least `min`")
+    nproc_per_node: int = setting(1, Integer(ge=1), doc="workers per node")
+    monitor_interval: float = setting(0.1, Number(gt=0), doc="seconds between torchrun's worker checks")
 
     @classmethod
     def parse(cls, s: Section) -> NodesSection:
-        low = s.value("min", Integer(ge=1), cls.min)
+        low = s.value("min", _check(cls, "min"), cls.min)
         return cls(min=low, max=s.value("max", Integer(ge=low, bound="nodes.min"), low),
-                   nproc_per_node=s.value("nproc_per_node", Integer(ge=1), cls.nproc_per_node),
-                   monitor_interval=s.value("monitor_interval", Number(gt=0), cls.monitor_interval))
+                   nproc_per_node=s.value("nproc_per_node", _check(cls, "nproc_per_node"), cls.nproc_per_node),
+                   monitor_interval=s.value("monitor_interval", _check(cls, "monitor_interval"),
+                                            cls.monitor_interval))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,20 +216,33 @@ class RendezvousSection:
     read only when needed (:meth:`resolved_token`), so it never travels on a command line.
     """
 
-    endpoint: str = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-    token: str | None = None
-    token_file: str | None = None
-    backend: str = _RDZV.pg_backend
-    last_call_timeout: float = _RDZV.last_call_timeout
-    rejoin_timeout: float = _RDZV.rejoin_timeout
-    join_timeout: float = _RDZV.join_timeout
-    heartbeat_interval: float = _RDZV.heartbeat_interval
-    heartbeat_timeout: float = _RDZV.heartbeat_timeout
-    is_host: bool | None = None
+    endpoint: str = setting(f"{DEFAULT_HOST}:{DEFAULT_PORT}", Endpoint(),
+                            doc='the coordinator; IPv6 in brackets, quoted for YAML: `"[::1]:29400"`')
+    token: str | None = setting(None, _PLAIN_OR_NULL, doc="shared secret every node and worker must present")
+    token_file: str | None = setting(None, _PLAIN_OR_NULL,
+                                     doc="a file holding the token instead (relative: next to the config file, "
+                                         "then the current directory); it must exist and hold a token; not with "
+                                         "`token`")
+    backend: str = setting(_RDZV.pg_backend, _RDZV_CHECKS["pg_backend"],
+                           doc="process-group backend; `auto`: NCCL when every node has CUDA, else Gloo")
+    last_call_timeout: float = setting(_RDZV.last_call_timeout, _RDZV_CHECKS["last_call_timeout"],
+                                       doc="seconds to wait for more nodes once `nodes.min` joined")
+    rejoin_timeout: float = setting(_RDZV.rejoin_timeout, _RDZV_CHECKS["rejoin_timeout"],
+                                    doc="seconds a lost node may take to come back")
+    join_timeout: float = setting(_RDZV.join_timeout, _RDZV_CHECKS["join_timeout"],
+                                  doc="seconds a node waits for a round")
+    heartbeat_interval: float = setting(_RDZV.heartbeat_interval, _RDZV_CHECKS["heartbeat_interval"],
+                                        doc="seconds between heartbeats")
+    heartbeat_timeout: float = setting(_RDZV.heartbeat_timeout, _RDZV_CHECKS["heartbeat_timeout"],
+                                       doc="seconds of silence (more than `heartbeat_interval`) before a node "
+                                           "counts as lost")
+    is_host: bool | None = setting(None, _RDZV_CHECKS["is_host"],
+                                   doc="may this host start the coordinator? null: yes when `endpoint` names "
+                                       "this host")
 
     @classmethod
     def parse(cls, s: Section) -> RendezvousSection:
-        token, token_file = s.value("token", _PLAIN), s.value("token_file", _PLAIN)
+        token, token_file = s.value("token", _check(cls, "token")), s.value("token_file", _check(cls, "token_file"))
         if token is not None and token_file is not None:
             raise s.error("token_file", "give token or token_file, not both")
         if token_file is not None:
@@ -215,13 +252,13 @@ class RendezvousSection:
                 resolve_token(None, token_file)
             except FieldError as e:  # a TokenFileError is one too
                 raise s.reraise(e, "token_file") from None
-        timings = {key: s.value(key, _RDZV_CHECKS[key], getattr(cls, key))
+        timings = {key: s.value(key, _check(cls, key), getattr(cls, key))
                    for key in ("last_call_timeout", "rejoin_timeout", "join_timeout", "heartbeat_interval")}
         check = heartbeat_timeout_check(timings["heartbeat_interval"], bound=f"{s.name}.heartbeat_interval")
-        return cls(endpoint=s.value("endpoint", Endpoint(), cls.endpoint), token=token, token_file=token_file,
-                   backend=s.value("backend", _RDZV_CHECKS["pg_backend"], cls.backend), **timings,
+        return cls(endpoint=s.value("endpoint", _check(cls, "endpoint"), cls.endpoint), token=token,
+                   token_file=token_file, backend=s.value("backend", _check(cls, "backend"), cls.backend), **timings,
                    heartbeat_timeout=s.value("heartbeat_timeout", check, cls.heartbeat_timeout),
-                   is_host=s.value("is_host", _RDZV_CHECKS["is_host"]))
+                   is_host=s.value("is_host", _check(cls, "is_host")))
 
     def resolved_token(self) -> str | None:
         """The job's token: ``token``, else ``token_file``'s, else the environment's
@@ -237,14 +274,18 @@ class EntrypointSection:
     the current directory; it is stored as an absolute path and must exist.
     """
 
-    script: str | None = None
-    module: str | None = None
-    args: list[str] = dataclasses.field(default_factory=list)
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    script: str | None = setting(None, Text(optional=True), default_doc="required unless `module`",
+                                 doc="the training script; a relative path is looked up next to the config file "
+                                     "first, then in the current directory")
+    module: str | None = setting(None, Text(optional=True), doc="a module to run instead (`python -m` style)")
+    args: list[str] = setting(check=TextList(), default_factory=list, doc="arguments of the script; numbers "
+                                                                           "become strings")
+    env: dict[str, str] = setting(check=TextMap(), default_factory=dict,
+                                  doc="extra environment variables for the workers; numbers become strings")
 
     @classmethod
     def parse(cls, s: Section) -> EntrypointSection:
-        script, module = s.value("script", Text()), s.value("module", Text())
+        script, module = s.value("script", _check(cls, "script")), s.value("module", _check(cls, "module"))
         if script and module:
             raise ConfigError(s.file, "entrypoint", "expected exactly one of script or module, got both")
         if module is not None and not all(part.isidentifier() for part in module.split(".")):
@@ -254,8 +295,8 @@ class EntrypointSection:
             if script is None:
                 raise s.reraise(missing_key("script", "or give entrypoint.module instead"))
             script = str(s.file_path("script", script))
-        return cls(script=script, module=module, args=s.value("args", TextList(), []),
-                   env=s.value("env", TextMap(), {}))
+        return cls(script=script, module=module, args=s.value("args", _check(cls, "args"), []),
+                   env=s.value("env", _check(cls, "env"), {}))
 
 
 # ---------------------------------------------------------------- the registry
@@ -300,6 +341,109 @@ class CheckpointSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class KillWorker:
+    """``demo.faults.kill_worker``: the worker of one rank SIGKILLs itself at a step."""
+
+    rank: int = setting(check=Integer(ge=0), doc="global rank of the worker that dies")
+    step: int = setting(check=Integer(ge=1), doc="the step at which it dies")
+
+
+@dataclasses.dataclass(frozen=True)
+class StopNode:
+    """``demo.faults.stop_node``: the node running one rank is SIGSTOPped (its agent and its
+    workers), then SIGCONTinued."""
+
+    rank: int = setting(check=Integer(ge=0), doc="a global rank of the node to stop")
+    step: int = setting(check=Integer(ge=1), doc="the step at which the node stops")
+    seconds: float = setting(check=Number(gt=0), doc="how long it stays stopped")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowRank:
+    """``demo.faults.slow_rank``: one rank sleeps longer each step (a straggler)."""
+
+    rank: int = setting(check=Integer(ge=0), doc="global rank of the slow worker")
+    delay: float = setting(check=Number(gt=0), doc="extra seconds per step")
+    from_step: int = setting(1, Integer(ge=1), doc="first slow step")
+    until_step: int | None = setting(None, Integer(ge=1, optional=True), default_doc="the end",
+                                     doc="last slow step; at least `from_step`")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoFaults:
+    """``demo.faults``: faults the demo job injects on purpose, each at most once per job (a
+    restarted job that passes the step again does not repeat it); absent or null: off."""
+
+    kill_worker: KillWorker | None = setting(None, doc="kill a worker at a step")
+    stop_node: StopNode | None = setting(None, doc="SIGSTOP a node for some seconds")
+    slow_rank: SlowRank | None = setting(None, doc="a slow rank")
+
+    @classmethod
+    def parse(cls, s: Section) -> DemoFaults:
+        _refuse_unknown(cls, s)
+        return cls(**{f.name: _read(typing.get_args(_hints(cls)[f.name])[0], s.sub(f.name))
+                      for f in dataclasses.fields(cls)})
+
+    def ranks(self) -> dict[str, int]:
+        """Fault name -> the rank it names, for the faults that are on."""
+        return {f.name: getattr(self, f.name).rank for f in dataclasses.fields(self) if getattr(self, f.name)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSection:
+    """``demo``: the pace and the faults of the demo job (``examples/train_demo.py``,
+    ``configs/demo.yaml``); other scripts ignore it."""
+
+    epochs: int = setting(8, Integer(ge=1), doc="epochs to train")
+    step_delay: float = setting(0.0, Number(ge=0), doc="seconds each step sleeps, to make a short job watchable")
+    faults: DemoFaults = setting(check=None, default_factory=DemoFaults, doc="see below")
+
+    @classmethod
+    def parse(cls, s: Section) -> DemoSection:
+        return cls(epochs=s.value("epochs", _check(cls, "epochs"), cls.epochs),
+                   step_delay=s.value("step_delay", _check(cls, "step_delay"), cls.step_delay),
+                   faults=DemoFaults.parse(s.sub("faults") or Section(s.file, f"{s.name}.faults", {})))
+
+    def check_config(self, config: JobConfig) -> None:
+        """A fault's rank must exist in the largest world the config allows."""
+        world = config.nodes.max * config.nodes.nproc_per_node
+        for name, rank in self.faults.ranks().items():
+            if rank >= world:
+                raise ConfigError(config.path, f"demo.faults.{name}.rank",
+                                  f"expected a rank < nodes.max x nodes.nproc_per_node ({world}), got {rank}",
+                                  expected=f"an integer < {world}", got=rank)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _refuse_unknown(cls: type, s: Section) -> None:
+    accepted = [f.name for f in dataclasses.fields(cls)]
+    for key in s.raw:
+        if key not in accepted:
+            raise s.reraise(unknown_key(str(key), accepted))
+
+
+def _read(cls: type, s: Section | None) -> Any:
+    """An instance of the dataclass ``cls`` from ``s`` (None: None): every field read with its
+    declared check and default; a key that is no field is refused. Cross-key bounds
+    (``until_step >= from_step``) are checked here for the fields that declare them in their doc."""
+    if s is None:
+        return None
+    _refuse_unknown(cls, s)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        default = _REQUIRED if f.default is dataclasses.MISSING else f.default
+        check = f.metadata["check"]
+        if f.name == "until_step":
+            check = Integer(ge=values["from_step"], bound=s.key("from_step").removesuffix(" (from --set)"),
+                            optional=True)
+        values[f.name] = s.value(f.name, check, default)
+    return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
 class JobConfig:
     """A whole config file. Each field is a section: add a section by adding a field."""
 
@@ -309,6 +453,7 @@ class JobConfig:
     entrypoint: EntrypointSection
     data: DataSection
     checkpoint: CheckpointSection
+    demo: DemoSection
     path: str = ""
 
     @classmethod
@@ -348,21 +493,26 @@ def _parse_yaml(file: str, text: str, key: str) -> Any:
 
 
 def _apply_overrides(file: str, raw: dict[str, Any], overrides: Iterable[str]) -> set[str]:
-    """Set ``section.key=value`` overrides into ``raw``; return the dotted keys set."""
+    """Set ``section.key=value`` overrides into ``raw``; return the dotted keys set. A deeper key
+    (``demo.faults.kill_worker.step=40``, ``data.digits.batch_size=8``) sets one key of a nested
+    mapping, making the mappings on its way when they are absent."""
     done: set[str] = set()
     for text in overrides:
         dotted, eq, value_text = text.partition("=")
         parts = dotted.strip().split(".")
-        if not eq or len(parts) != 2 or not all(parts):
+        if not eq or len(parts) < 2 or not all(parts):
             raise ConfigError(file, f"--set {text}", "expected section.key=value, e.g. nodes.max=2")
-        section, key = parts
         value = _parse_yaml(file, value_text, f"--set {text}")
-        if not isinstance(raw.get(section), dict):
-            if raw.get(section) is not None:
-                raise ConfigError(file, section, f"expected a mapping of keys, got {show(raw[section])}")
-            raw[section] = {}
-        raw[section][key] = value
-        done.add(f"{section}.{key}")
+        mapping = raw
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(mapping.get(part), dict):
+                if mapping.get(part) is not None:
+                    where = ".".join(parts[:depth + 1])
+                    raise ConfigError(file, where, f"expected a mapping of keys, got {show(mapping[part])}")
+                mapping[part] = {}
+            mapping = mapping[part]
+        mapping[parts[-1]] = value
+        done.add(".".join(parts))
     return done
 
 
@@ -404,6 +554,9 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
                 raise Section(file, name, body, overridden).reraise(unknown_key(str(key), accepted))
         parsed[name] = cls.parse(Section(file, name, body, overridden))
     config = JobConfig(**parsed, path=file)
+    for section in parsed.values():  # checks that need other sections
+        if hasattr(section, "check_config"):
+            section.check_config(config)
     logger.debug("loaded config %s: %s", file, config)
     return config
 

@@ -46,6 +46,8 @@ __all__ = [
     "Env",
     "EventSpec",
     "EventType",
+    "EVENT_LEVELS",
+    "Level",
     "Op",
     "Origin",
     "PROTOCOL_VERSION",
@@ -186,6 +188,8 @@ class Env:
     CONFIG_SET = "TORCHRT_CONFIG_SET"
     # tests only: make a checkpoint writer hang at a chosen point
     CHECKPOINT_TEST_HANG = "TORCHRT_CHECKPOINT_TEST_HANG"
+    # the issue's own name, not TORCHRT_*: `DEMO_MODE=true torchrt coordinator` also starts the demo job
+    DEMO_MODE = "DEMO_MODE"
 
 
 ENV_DOCS: dict[str, str] = {
@@ -203,6 +207,7 @@ ENV_DOCS: dict[str, str] = {
     Env.CONFIG: "the YAML config `torchrt run` started the job with (runner -> workers)",
     Env.CONFIG_SET: "its --set overrides as a JSON list (runner -> workers)",
     Env.CHECKPOINT_TEST_HANG: "test hook: stage at which a checkpoint writer hangs",
+    Env.DEMO_MODE: "`true`: `torchrt coordinator` also starts the demo job (launch/demo.py) (user)",
 }
 
 
@@ -221,6 +226,12 @@ def worker_gone_key(run_id: str, round_number: int, rank: int) -> str:
     """Store key the coordinator sets when the worker of ``rank`` in a round disconnected from it
     (its process exited or died): ranks waiting on that worker stop waiting."""
     return f"{round_store_prefix(run_id, round_number)}workers/gone/{rank}"
+
+
+def demo_fault_key(run_id: str, fault: str) -> str:
+    """Store key counting the times the demo job reached its fault ``fault`` (``kill_worker``, ...);
+    it lives outside any round, so the fault fires once per job, not again after a restart."""
+    return f"torchrt/{run_id}/demo/faults/{fault}"
 
 
 def barrier_key(prefix: str, name: str) -> str:
@@ -291,6 +302,25 @@ class EventType(_Name):
     STACKS_DUMPED = "stacks_dumped"
 
 
+class Level(_Name):
+    """How much an event matters to whoever reads the record (the monitor's Logs page and timeline)."""
+
+    ERROR = "error"      # something failed: a node died, a checkpoint failed, a rank stalled
+    WARNING = "warning"  # something to look at: a straggler, refused or dropped reports, a restart
+    INFO = "info"        # the job going its way
+
+
+# The level of every event type that is not INFO; the problems the alerts fold records
+# (torchrt.view.alerts.AlertsFold) are all here, each an error or a warning.
+EVENT_LEVELS: dict[EventType, Level] = {
+    **dict.fromkeys((EventType.ERROR, EventType.RUN_DIR_ERROR, EventType.NODE_DEAD, EventType.ROUND_TIMEOUT,
+                     EventType.CHECKPOINT_FAILED, EventType.RANK_STALLED), Level.ERROR),
+    **dict.fromkeys((EventType.INSECURE_BIND, EventType.NODE_REJECTED, EventType.RESTART,
+                     EventType.TELEMETRY_DROPPED, EventType.REPORT_REFUSED, EventType.RANK_STRAGGLING,
+                     EventType.CHECKPOINT_SKIPPED), Level.WARNING),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class EventSpec:
     """One event type: who may record it, whether it is logged, and its fields.
@@ -311,6 +341,11 @@ class EventSpec:
     def logged(self) -> bool:
         """Whether the event is appended to ``events.jsonl`` (else it is live only, see ``live``)."""
         return self.live is None
+
+    @property
+    def level(self) -> Level:
+        """How much it matters to a reader of the record (:data:`EVENT_LEVELS`)."""
+        return EVENT_LEVELS.get(self.type, Level.INFO)
 
 
 _C, _W, _N = Origin.COORDINATOR, Origin.WORKER, Origin.NODE
@@ -475,13 +510,16 @@ def events_markdown() -> str:
         "a peer; *worker* events are reports of a worker of the current round, with `rank` and "
         "`node_id` stamped by the coordinator from the worker's connection; *node* events are reports of a "
         "node's rendezvous handler, with `node_id` stamped from its connection. Events that are not "
-        "logged are kept in the state and pushed live only.",
+        "logged are kept in the state and pushed live only. *error* or *warning* after the origin is the "
+        "event's level (what the monitor's Logs page makes stand out); every other event is *info*.",
         "",
     ]
     for spec in EVENTS.values():
         extra = [] if spec.logged else ["not logged"]
         if spec.rank0_only:
             extra.append("rank 0 only")
+        if spec.level is not Level.INFO:
+            extra.append(spec.level.value)
         suffix = f" ({', '.join(extra)})" if extra else ""
         lines += [f"## `{spec.type.value}`", "", f"*{spec.origin.value}*{suffix}: {spec.doc}.", ""]
         lines += ["| field | meaning |", "|---|---|"]

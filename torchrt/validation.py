@@ -290,9 +290,13 @@ class Endpoint(Check):
         return value
 
 
-def setting(default: Any = dataclasses.MISSING, check: Check | None = None, **field: Any) -> Any:
-    """A dataclass field whose value :func:`check_fields` checks with ``check``."""
-    return dataclasses.field(default=default, metadata={"check": check}, **field)
+def setting(default: Any = dataclasses.MISSING, check: Check | None = None, *, doc: str = "",
+            default_doc: str | None = None, **field: Any) -> Any:
+    """A dataclass field whose value :func:`check_fields` checks with ``check``; ``doc`` (one
+    sentence) and ``default_doc`` (a default computed elsewhere, e.g. ``"name"``) are what the
+    config reference (:mod:`torchrt.config_docs`) shows next to the check's expectation."""
+    return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "default_doc": default_doc},
+                             **field)
 
 
 def check_fields(obj: Any) -> None:

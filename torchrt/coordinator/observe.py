@@ -47,9 +47,10 @@ from torchrt.view.fold import ViewQueryError
 from torchrt.view.job import JobView
 from torchrt.view.workers import WorkersFold
 
-__all__ = ["MAX_PAGE", "Observation"]
+__all__ = ["MAX_PAGE", "MAX_SERIES", "Observation"]
 
 MAX_PAGE = 1000  # rows one status op may ask of one list
+MAX_SERIES = 16  # series one status op may ask the points of
 FLUSH_EVERY_S = 1.0  # the series' finished seconds are persisted this often
 STATE_SHARE = 0.01  # at most this fraction of the loop's time goes into state.json snapshots
 MAX_STATE_INTERVAL_S = 5.0  # however large the state, state.json is this fresh
@@ -155,22 +156,33 @@ class Observation:
     def pages(self, requested: object) -> dict[str, Any]:
         """``{"PART/KIND": page}`` for a status op's ``pages``: a list of ``{"part", "kind",
         "offset", "limit"}`` (limit at most :data:`MAX_PAGE`); ``ViewQueryError`` names what is wrong."""
-        if requested is None:
-            return {}
-        if not isinstance(requested, list):
-            raise ViewQueryError(f"expected a list of {{part, kind, offset, limit}}, got {type(requested).__name__}",
-                                 key="pages", expected="a list", got=requested)
         out = {}
-        for ask in requested:
-            if not isinstance(ask, dict):
-                raise ViewQueryError(f"expected {{part, kind, offset, limit}}, got {ask!r}", key="pages",
-                                     expected="an object", got=ask)
+        for ask in _asks(requested, "pages", "{part, kind, offset, limit}"):
             offset, limit = ask.get("offset", 0), ask.get("limit", 100)
             if not _count(offset) or not _count(limit) or limit > MAX_PAGE:
                 raise ViewQueryError(f"expected an offset >= 0 and a limit of 0..{MAX_PAGE}, got {offset!r} and "
                                      f"{limit!r}", key="pages", expected="offset >= 0, limit <= MAX_PAGE", got=ask)
             part, kind = str(ask.get("part")), str(ask.get("kind"))
             out[f"{part}/{kind}"] = self.view.page(part, kind, offset, limit)
+        return out
+
+    def points(self, requested: object) -> list[dict[str, Any]]:
+        """The points of each series a status op's ``points`` asks for, in its order: a list of at
+        most :data:`MAX_SERIES` ``{"part", "subject", "measure", "level"}`` (measure "" and level 0
+        by default); ``ViewQueryError`` names what is wrong (also a series the view does not hold)."""
+        asks = _asks(requested, "points", "{part, subject, measure, level}")
+        if len(asks) > MAX_SERIES:
+            raise ViewQueryError(f"expected at most {MAX_SERIES} series, got {len(asks)}", key="points",
+                                 expected=f"<= {MAX_SERIES} series", got=len(asks))
+        out = []
+        for ask in asks:
+            part, subject, measure, level = (ask.get("part"), ask.get("subject"), ask.get("measure", ""),
+                                             ask.get("level", 0))
+            if not all(isinstance(v, str) for v in (part, subject, measure)) or not _count(level):
+                raise ViewQueryError(f"expected text part, subject and measure and a level >= 0, got {ask!r}",
+                                     key="points", expected="{part: str, subject: str, measure: str, level: int}",
+                                     got=ask)
+            out.append(self.view.points(part, subject, measure, level))
         return out
 
     # ----------------------------------------------------------------- state
@@ -212,6 +224,19 @@ class Observation:
             self.health.failed(STATE_FILE, e)
         else:
             self.health.succeeded(STATE_FILE)
+
+
+def _asks(requested: object, key: str, shape: str) -> list[dict[str, Any]]:
+    """A status op's list of asks (``pages``, ``points``): absent is none; each must be an object."""
+    if requested is None:
+        return []
+    if not isinstance(requested, list):
+        raise ViewQueryError(f"expected a list of {shape}, got {type(requested).__name__}", key=key,
+                             expected="a list", got=requested)
+    for ask in requested:
+        if not isinstance(ask, dict):
+            raise ViewQueryError(f"expected {shape}, got {ask!r}", key=key, expected="an object", got=ask)
+    return requested
 
 
 def _count(value: object) -> bool:

@@ -161,6 +161,7 @@ class Coordinator:
         self._draining: str | None = None  # why, while drain() waits for the job's processes to go
         self._drain_deadline = 0.0
         self._started_at = time.time()
+        self.monitor_url: str | None = None  # the job's monitor, once one serves (set_monitor_url)
         self._control_sock: socket.socket | None = None
         self._store: dist.TCPStore | None = None
         self.port = 0
@@ -611,14 +612,17 @@ class Coordinator:
         return {}
 
     def _op_status(self, peer: _Peer, message: Message, now: float) -> Message:
-        """The view's snapshot, the last ``events`` events and the ``pages`` asked for (lists of the
-        view a page at a time: ``[{"part", "kind", "offset", "limit"}]``)."""
+        """The view's snapshot, the last ``events`` events, the ``pages`` asked for (lists of the
+        view a page at a time: ``[{"part", "kind", "offset", "limit"}]``) and the ``points`` of the
+        series asked for (``[{"part", "subject", "measure", "level"}]``, answered in that order)."""
         limit = int(message.get("events", 20))
         try:
             pages = self.observed.pages(message.get("pages"))
+            points = self.observed.points(message.get("points"))
         except ViewQueryError as e:
             raise _Rejected(Code.PROTOCOL, str(e)) from None
-        return {"state": self.observed.state(), "events": self.events.recent(limit), "pages": pages}
+        return {"state": self.observed.state(), "events": self.events.recent(limit), "pages": pages,
+                "points": points}
 
     def _op_subscribe(self, peer: _Peer, message: Message, now: float) -> Message:
         """Live event stream: the reply carries what is still in memory after ``since``,
@@ -826,11 +830,20 @@ class Coordinator:
             return read(self.observed.view)
         return asyncio.run_coroutine_threadsafe(_call(read, self.observed.view), loop).result(timeout=10)
 
+    def set_monitor_url(self, url: str) -> None:
+        """Record where the job's monitor serves: in ``coordinator.json`` and the state's
+        ``"coordinator"`` (the Settings page). From any thread; a failed write is logged."""
+        self.monitor_url = url
+        try:
+            write_json_atomic(Path(self.config.run_dir) / COORDINATOR_FILE, self._describe())
+        except OSError as e:
+            logger.warning("cannot record the monitor's URL in %s: %s", COORDINATOR_FILE, e.strerror or e)
+
     def _describe(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "host": self.config.host, "port": self.port,
                 "store_port": self.store_port, "pid": os.getpid(), "run_id": self.run_id,
                 "run_dir": str(Path(self.config.run_dir).resolve()), "started_at": self._started_at,
-                "token_required": bool(self.config.token)}
+                "token_required": bool(self.config.token), "monitor_url": self.monitor_url}
 
     def _note_worker_nproc(self, worker: dict[str, Any]) -> None:
         node_id, nproc = worker.get("node_id"), worker.get("local_world_size")

@@ -135,13 +135,14 @@ class RegistryFold:
 
     As a part of the job view (:mod:`torchrt.view`): ``snapshot()`` summarises each
     dataset (bounded at any number of ranks, without the previews, which arrive only
-    live), ``rows("ranks")`` pages the per-rank detail, ``samples`` feeds the series
+    live), ``rows("ranks")`` pages the per-rank detail, ``rows("previews")`` the latest preview
+    per (dataset, rank) (live only: a replay has none), ``samples`` feeds the series
     ``DATASET/samples_per_s`` and ``DATASET/wait_fraction``.
     """
 
     name = "datasets"
     types = frozenset(DATA_EVENTS)
-    row_kinds = ("ranks",)
+    row_kinds = ("ranks", "previews")
 
     def __init__(self) -> None:
         self.view: dict[str, dict[str, Any]] = {}
@@ -190,6 +191,9 @@ class RegistryFold:
         return {name: _summary(record) for name, record in self.view.items()}
 
     def rows(self, kind: str) -> list[dict[str, Any]]:
+        if kind == "previews":
+            return [{"dataset": name, "rank": rank, **preview} for name, record in self.view.items()
+                    for rank, preview in sorted(record["preview"].items())]
         return [{"dataset": name, "rank": rank, **entry, "timing": record["timing"].get(rank)}
                 for name, record in self.view.items() for rank, entry in sorted(record["ranks"].items())]
 

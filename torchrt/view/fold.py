@@ -78,11 +78,23 @@ def page(rows: Sequence[JSON], offset: int, limit: int) -> dict[str, Any]:
 
 
 def number(value: object) -> float | None:
-    """``value`` as a finite float, or None (a bool, a string, NaN and infinities are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``value`` as a finite float, or None (a bool, a string, NaN and infinities are not numbers here).
+
+    Called some thirty times per report at a thousand reports a second, so the exact types that
+    JSON gives come first (``type() is``: one comparison, no ``isinstance`` chain)."""
+    kind = type(value)
+    if kind is float:
+        return value if _isfinite(value) else None  # type: ignore[arg-type]
+    if kind is int:
+        value = float(value)  # type: ignore[arg-type]
+        return value if _isfinite(value) else None
+    if kind is bool or not isinstance(value, (int, float)):
         return None
     value = float(value)
-    return value if math.isfinite(value) else None
+    return value if _isfinite(value) else None
+
+
+_isfinite = math.isfinite
 
 
 def fields_of(event: Event, drop: Iterable[str] = ()) -> dict[str, Any]:

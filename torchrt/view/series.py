@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from torchrt.view.fold import JSON, ViewQueryError
-from torchrt.view.names import NameTable
+from torchrt.view.names import OTHER, NameTable
 
 __all__ = ["DEFAULT_CAP", "LEVELS", "Level", "POINTS_PER_SERIES", "POINT_BYTES", "Point", "SERIES_MAX_BYTES",
            "Series", "SeriesBook", "SeriesSet", "series_name"]
@@ -140,9 +140,18 @@ class Series:
 
     def add(self, t: float, value: float) -> None:
         """One sample at Unix time ``t``."""
-        second = max(float(math.floor(t)), self.next_t)
         ring = self.rings[0]
         bucket = ring.open
+        if bucket is not None and t < bucket[0] + 1.0:  # the open second's (or late): merged in place
+            bucket[1] += 1.0
+            if value < bucket[2]:
+                bucket[2] = value
+            elif value > bucket[3]:
+                bucket[3] = value
+            bucket[4] += value
+            bucket[5] = value
+            return
+        second = max(float(math.floor(t)), self.next_t)
         if bucket is not None and second > bucket[0]:
             self._close()
             bucket = None
@@ -244,8 +253,11 @@ class SeriesSet:
         self.names = NameTable(cap, f"series subjects of {part!r}")
         self.series: dict[tuple[str, str], Series] = {}
 
-    def add(self, subject: str, measure: str, t: float, value: float) -> None:
-        self.get(self.names.key(subject), measure).add(t, value)
+    def named(self, subject: str, measure: str) -> tuple[Series, bool]:
+        """The series a sample of ``subject`` (as given) goes to, and whether the subject has its
+        own place in the table (False: it was folded into ``other``, and counted as such)."""
+        key = self.names.key(subject)
+        return self.get(key, measure), key != OTHER
 
     def get(self, subject: str, measure: str) -> Series:
         """The series of ``subject`` (a table key already) and ``measure``, created when new."""
@@ -262,6 +274,10 @@ class SeriesBook:
     def __init__(self, cap: int = DEFAULT_CAP) -> None:
         self.cap = cap
         self.sets: dict[str, SeriesSet] = {}
+        # (part, subject as given, measure) -> its series: one lookup per sample once a name is known
+        # (a name's table key never changes once decided; a sample folded into "other" is not
+        # remembered here, so that every one of them is counted)
+        self._known: dict[tuple[str, str, str], Series] = {}
 
     def set(self, part: str) -> SeriesSet:
         found = self.sets.get(part)
@@ -270,7 +286,12 @@ class SeriesBook:
         return found
 
     def add(self, part: str, subject: str, measure: str, t: float, value: float) -> None:
-        self.set(part).add(subject, measure, t, value)
+        series = self._known.get((part, subject, measure))
+        if series is None:
+            series, placed = self.set(part).named(subject, measure)
+            if placed:
+                self._known[(part, subject, measure)] = series
+        series.add(t, value)
 
     def close_before(self, t: float) -> None:
         for _, _, _, series in self.each():

@@ -15,7 +15,11 @@ step time, samples/s, waits, loss) and when it came (``reported_at``). Since
 the live reports are not in the record, a row of a *stopped* worker goes back
 to its last logged report: a view replayed from the run directory then holds
 the same rows as the live one, whichever way each worker ended (a worker that
-exits cleanly logs its last figures, so nothing is lost then).
+exits cleanly logs its last figures, so nothing is lost then). At a thousand
+ranks a report arrives every millisecond, so the fold keeps a reference to the
+rank's last report (and last logged one) and reads the figures out of it only
+when a snapshot or a page is asked for: a report costs two dictionary stores,
+not a copy of its fields.
 
 **Alerts** (``rank_straggling``, ``rank_stalled``, ``rank_recovered``, the
 coordinator's decisions of :mod:`torchrt.view.alerts`) are kept per row while
@@ -56,6 +60,14 @@ _ALERTS = frozenset({EventType.RANK_STRAGGLING, EventType.RANK_STALLED})
 _NO_PROGRESS: dict[str, Any] = dict.fromkeys(PROGRESS) | {"reported_at": None}
 
 
+def _progress_of(report: Event | None) -> dict[str, Any]:
+    """A row's progress fields from its rank's last step report (None: it has none)."""
+    if report is None:
+        return _NO_PROGRESS
+    get = report.get
+    return {key: get(key) for key in PROGRESS} | {"reported_at": get("ts")}
+
+
 class WorkersFold:
     """Every rank's worker: running or stopped, where, since when, how far (see the module docstring)."""
 
@@ -65,8 +77,9 @@ class WorkersFold:
     row_kinds = ("workers",)
 
     def __init__(self) -> None:
-        self.ranks: dict[int, dict[str, Any]] = {}
-        self.logged: dict[int, dict[str, Any]] = {}  # rank -> progress of its last logged report
+        self.ranks: dict[int, dict[str, Any]] = {}  # rank -> its row, but for the progress fields:
+        self.reports: dict[int, Event] = {}  # rank -> the step report its row shows
+        self.logged: dict[int, Event] = {}  # rank -> its last logged step report
         self.world_size: int | None = None
         self.round: int | None = None
         self.stops: deque[dict[str, Any]] = deque(maxlen=RECENT_STOPS)
@@ -84,16 +97,19 @@ class WorkersFold:
             if row is None or row["state"] != "running" or event.get("pid") != row["pid"]:
                 return True  # a stop of an incarnation that is not the rank's current one
             row.update(state="stopped", stopped_at=event.get("ts"), reason=event.get("reason"))
-            row.update(self.logged.get(rank, _NO_PROGRESS))  # what the record holds of its progress
+            last = self.logged.get(rank)  # what the record holds of its progress
+            if last is None:
+                self.reports.pop(rank, None)
+            else:
+                self.reports[rank] = last
             self.stops.append({k: row[k] for k in ("rank", "node_id", "pid", "stopped_at", "reason")})
             return True
         if row is None or row["state"] != "running":
             return False  # a report or alert of a rank that has no running worker in the record
         if kind in STEP_REPORTS:
-            progress = {key: event.get(key) for key in PROGRESS} | {"reported_at": event.get("ts")}
-            row.update(progress)
+            self.reports[rank] = event
             if kind == EventType.STEP_PROGRESS:
-                self.logged[rank] = progress
+                self.logged[rank] = event
         elif kind in _ALERTS:
             row["alerts"] = {**row["alerts"], str(kind): {k: event.get(k) for k in ("ratio", "step", "silent_s")
                                                            if k in event} | {"since": event.get("ts")}}
@@ -112,6 +128,7 @@ class WorkersFold:
         self.ranks[rank] = {"rank": rank, **{k: event.get(k) for k in _STARTED}, "state": "running",
                             "started_at": event.get("ts"), "stopped_at": None, "reason": None,
                             "starts": (previous["starts"] if previous else 0) + 1, **_NO_PROGRESS, "alerts": {}}
+        self.reports.pop(rank, None)
         self.logged.pop(rank, None)
         if isinstance(event.get("world_size"), int):
             self.world_size = event["world_size"]
@@ -121,8 +138,9 @@ class WorkersFold:
     def samples(self, event: Event) -> Iterable[Sample]:
         if event.get("type") not in STEP_REPORTS:
             return ()
+        get = event.get
         return [(SERIES_SUBJECT, measure, value) for measure in _SERIES_MEASURES
-                if (value := number(event.get(measure))) is not None]
+                if (value := number(get(measure))) is not None]
 
     def snapshot(self) -> JSON:
         by_state: dict[str, int] = {}
@@ -137,7 +155,9 @@ class WorkersFold:
 
     def _progress(self) -> JSON:
         """The running ranks' progress, summarised."""
-        rows = [row for row in self.ranks.values() if row["state"] == "running" and row["reported_at"] is not None]
+        ranks = self.ranks
+        rows = [progress | {"rank": rank} for rank, report in self.reports.items()
+                if ranks[rank]["state"] == "running" and (progress := _progress_of(report))["reported_at"] is not None]
         steps = [row["step"] for row in rows if isinstance(row["step"], int)]
         epochs = [row["epoch"] for row in rows if isinstance(row["epoch"], int)]
         timed = [(value, row["rank"]) for row in rows if (value := number(row["step_ms"])) is not None]
@@ -164,4 +184,6 @@ class WorkersFold:
                                             sorted(alerted)[:4 * SHOWN]]}
 
     def rows(self, kind: str) -> Sequence[JSON]:
-        return [self.ranks[rank] for rank in sorted(self.ranks)]
+        reports = self.reports
+        return [row | _progress_of(reports[rank]) if rank in reports else row
+                for rank, row in sorted(self.ranks.items())]

@@ -1,0 +1,169 @@
+"""The monitor's JSON API (``/api/v1``, docs/api.md): a Flask blueprint over a ViewSource.
+
+Each route validates its parameters here (:class:`~monitor.errors.QueryError` names the key: 400)
+and asks the source; the source's typed errors become their status (unknown dump, dataset, page
+or series: 404; an action asked of a replay: 409; a coordinator that does not answer: 503), every
+one as JSON ``{"error": ..., "key": ...}``. No request value ever becomes a path: a dump is named
+by an integer (Flask's ``int`` converter) and read by the source under ``RUN_DIR/stacks/``, a
+dataset by a name that must be one of the view's. ``at=`` (replay) is passed to the source, which
+refuses it live. The timeline is built from the event log alone: the events of
+:data:`TIMELINE`, each with a lane (``round``, ``restart``, ``checkpoint``, ``alert``; any
+error-level event goes to ``error``) and a one-line label. ``/api/v1/ws`` and ``/metrics`` are
+monitor.live's and monitor.prom's; any other path under ``/api/v1`` is a 404 in JSON.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from torchrt.contract import STACK_DUMP_TIMEOUT_S, EventType, Level
+from torchrt.coordinator.observe import MAX_PAGE
+from torchrt.errors import CoordinatorUnavailableError
+
+from monitor.errors import NotFoundError, NotLiveError, QueryError
+from monitor.logs import EventQuery, int_arg, level_of, number_arg, text_arg
+from monitor.sources import ViewSource
+
+__all__ = ["PREFIX", "TIMELINE", "api_blueprint"]
+
+PREFIX = "/api/v1"
+E = EventType
+# The timeline's events: lane and label (fields by name; a missing one shows as "?").
+TIMELINE: dict[EventType, tuple[str, str]] = {
+    E.COORDINATOR_STARTED: ("restart", "coordinator started at {endpoint}"),
+    E.COORDINATOR_RESTARTED: ("restart", "coordinator restarted on the record (clean before: {clean})"),
+    E.ROUND_STARTED: ("round", "round {round} needed: {reason}"),
+    E.ROUND_COMPLETED: ("round", "round {round} formed: {world_size} node(s) in {total_s} s"),
+    E.ROUND_TIMEOUT: ("round", "node {node} waited {waited_s} s for a round"),
+    E.RENDEZVOUS_CLOSED: ("round", "rendezvous closed by {by}"),
+    E.RESTART: ("restart", "node {node} restarted its workers: {reason}"),
+    E.NODE_DEAD: ("alert", "node {node} dead: {reason}"),
+    E.CHECKPOINT_COMMITTED: ("checkpoint", "checkpoint of step {step} committed ({mb_s} MB/s)"),
+    E.CHECKPOINT_FAILED: ("checkpoint", "checkpoint of step {step} failed on rank {rank}: {error}"),
+    E.CHECKPOINT_SKIPPED: ("checkpoint", "checkpoint of step {step} skipped: {reason}"),
+    E.CHECKPOINT_RESTORED: ("checkpoint", "rank {rank} restored step {step}"),
+    E.RANK_STRAGGLING: ("alert", "rank {rank} straggling: x{ratio} the others' step time"),
+    E.RANK_STALLED: ("alert", "rank {rank} stalled at step {step}"),
+    E.RANK_RECOVERED: ("alert", "rank {rank} recovered ({was})"),
+    E.STACKS_DUMPED: ("alert", "stack dump {request} ({reason})"),
+    E.ERROR: ("error", "coordinator error in {where}: {error}"),
+    E.RUN_DIR_ERROR: ("error", "run directory not writable: {error}"),
+    E.SHUTDOWN: ("restart", "coordinator shut down: {reason}"),
+}
+TIMELINE_LIMIT = 500
+_TIMELINE_TYPES = frozenset(t.value for t in TIMELINE)
+
+
+def api_blueprint(source: ViewSource) -> Blueprint:
+    """The ``/api/v1`` routes over ``source`` (see the module docstring and docs/api.md)."""
+    api = Blueprint("api", __name__, url_prefix=PREFIX)
+    _errors(api)
+
+    @api.get("/snapshot")
+    def snapshot() -> Response:
+        at = number_arg(request.args, "at")
+        return jsonify(mode=source.mode, snapshot=source.snapshot(at=at), span=list(source.span()), at=at,
+                       connected=getattr(source, "connected", False))
+
+    @api.get("/pages/<part>/<kind>")
+    def page(part: str, kind: str) -> Response:
+        args = request.args
+        offset = int_arg(args, "offset", 0) or 0
+        limit = int_arg(args, "limit", 0, MAX_PAGE)
+        return jsonify(source.page(part, kind, offset, 100 if limit is None else limit, at=number_arg(args, "at")))
+
+    @api.get("/series")
+    def series() -> Response:
+        args = request.args
+        part, subject = _required(args, "part"), _required(args, "subject")
+        return jsonify(source.points(part, subject, text_arg(args, "measure") or "", int_arg(args, "level", 0) or 0,
+                                     at=number_arg(args, "at")))
+
+    @api.get("/events")
+    def events() -> Response:
+        return jsonify(source.events(EventQuery.parse(request.args, until=number_arg(request.args, "at"))))
+
+    @api.get("/timeline")
+    def timeline() -> Response:
+        args = request.args
+        until = min((t for t in (number_arg(args, "until"), number_arg(args, "at")) if t is not None), default=None)
+        found = source.events(EventQuery(types=_TIMELINE_TYPES, limit=TIMELINE_LIMIT, until=until,
+                                         since=number_arg(args, "since")))
+        items = [_mark(e) for e in reversed(found["items"])]
+        return jsonify(items=items, truncated=found["next_before"] is not None, span=list(source.span()))
+
+    @api.get("/datasets/<name>/previews")
+    def previews(name: str) -> Response:
+        if name not in (source.snapshot().get("datasets") or {}):
+            raise NotFoundError(f"no dataset {name[:100]!r} in this job")
+        if source.mode != "live":
+            return jsonify(dataset=name, items=[], live_only=True)
+        rows = source.page("datasets", "previews", 0, MAX_PAGE)["items"]
+        return jsonify(dataset=name, items=[r for r in rows if r.get("dataset") == name], live_only=True)
+
+    @api.get("/stacks")
+    def stacks() -> Response:
+        return jsonify(items=source.stacks())
+
+    @api.get("/stacks/<int:number>")
+    def stack_dump(number: int) -> Response:
+        return jsonify(source.stack_dump(number))
+
+    @api.post("/stacks")
+    def take_stacks() -> Response:
+        body = request.get_json(silent=True) if request.data else {}
+        if not isinstance(body, dict):
+            raise QueryError("expected a JSON object {\"rank\": N or null, \"timeout_s\": seconds}", key="body",
+                             expected="a JSON object")
+        timeout = body.get("timeout_s", STACK_DUMP_TIMEOUT_S)
+        return jsonify(source.take_stacks(body.get("rank"), timeout_s=timeout))
+
+    @api.get("/settings")
+    def settings() -> Response:
+        return jsonify(source.settings())
+
+    @api.get("/<path:unknown>")
+    def unknown(unknown: str) -> tuple[Response, int]:
+        return jsonify(error=f"no such API route: {PREFIX}/{unknown[:100]}"), 404
+
+    return api
+
+
+def _errors(api: Blueprint) -> None:
+    def handler(status: int) -> Callable[[Exception], tuple[Response, int]]:
+        def answer(error: Exception) -> tuple[Response, int]:
+            return jsonify(error=str(error), key=getattr(error, "key", None)), status
+        return answer
+
+    api.register_error_handler(QueryError, handler(400))
+    api.register_error_handler(NotFoundError, handler(404))
+    api.register_error_handler(NotLiveError, handler(409))
+    api.register_error_handler(CoordinatorUnavailableError, handler(503))
+
+
+def _required(args: Mapping[str, str], key: str) -> str:
+    value = text_arg(args, key)
+    if value is None:
+        raise QueryError("is required", key=key, expected="a value")
+    return value
+
+
+class _Fields(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _mark(event: dict[str, Any]) -> dict[str, Any]:
+    """One event on the timeline: its lane, label and the fields that place it."""
+    kind = EventType(event["type"])
+    lane, label = TIMELINE[kind]
+    level = level_of(kind)
+    fields = _Fields({k: round(v, 3) if isinstance(v, float) else v for k, v in event.items()})
+    text = string.Formatter().vformat(label, (), fields)
+    return {"ts": event.get("ts"), "kind": "error" if level is Level.ERROR else lane, "label": text[:300],
+            "type": kind.value, "seq": event.get("seq"), "level": level.value,
+            **{k: event[k] for k in ("round", "rank", "node", "node_id", "step", "request") if k in event}}

@@ -1,0 +1,114 @@
+// Logs: the run's event log (GET /api/v1/events: newest first, filtered by level, type, node, rank and
+// text on the server, paged with `before`), errors standing out. Live tail: when the websocket brings
+// new events and the newest page is shown, the page is read again (at most twice a second). The filters
+// live in the address (?level=error&rank=3), so other pages link to a filtered log.
+
+import { getAllRows, getJSON } from "../api.js";
+import { el, fill, table } from "../dom.js";
+import { brief, clock, dateTime } from "../format.js";
+import { Poll, startPage } from "../shell.js";
+
+const LIMIT = 100;
+const FIELDS = ["level", "type", "node", "rank", "q"];
+const ENVELOPE = new Set(["seq", "ts", "type", "level", "node", "node_id", "rank"]);
+const form = document.getElementById("filters");
+const tail = document.getElementById("f-tail");
+let before = null; // null: the newest page
+let answer = null;
+const seenTypes = new Set();
+const poll = new Poll(500);
+const nodes = new Poll(10000);
+
+function filters() {
+  const out = {};
+  for (const name of FIELDS) {
+    const value = form.elements[name].value.trim();
+    if (value !== "") out[name] = value;
+  }
+  return out;
+}
+
+// the address's filters into the form
+const here = new URL(location.href);
+for (const name of FIELDS) if (here.searchParams.has(name)) form.elements[name].value = here.searchParams.get(name);
+
+function keepInAddress() {
+  const url = new URL(location.href);
+  for (const name of FIELDS) url.searchParams.delete(name);
+  for (const [k, v] of Object.entries(filters())) url.searchParams.set(k, v);
+  history.replaceState(null, "", url.pathname + url.search);
+}
+
+async function query() {
+  answer = await getJSON("/events", { ...filters(), before, limit: LIMIT });
+  for (const e of answer.items || []) seenTypes.add(e.type);
+  ctl.rerender();
+}
+
+function reread() {
+  before = null;
+  keepInAddress();
+  poll.run(query, true);
+}
+
+form.addEventListener("submit", (event) => { event.preventDefault(); reread(); });
+form.elements.level.addEventListener("change", reread);
+document.getElementById("f-clear").addEventListener("click", () => {
+  for (const name of FIELDS) form.elements[name].value = "";
+  reread();
+});
+document.getElementById("older").addEventListener("click", () => {
+  if (!answer || answer.next_before === null || answer.next_before === undefined) return;
+  before = answer.next_before;
+  poll.run(query, true);
+});
+document.getElementById("newest").addEventListener("click", () => {
+  before = null;
+  poll.run(query, true);
+});
+
+const ctl = startPage({
+  wants: () => [],
+  render,
+  async refresh(view, force) {
+    const fresh = view.events.length > 0 && tail.checked && before === null && view.mode === "live";
+    await Promise.all([
+      poll.run(query, force || fresh),
+      nodes.run(async () => {
+        const rows = await getAllRows("rendezvous", "nodes", 2000);
+        fill(document.getElementById("nodes"), rows.map((n) => el("option", { value: n.node_id }, n.hostname || "")));
+      }, force),
+    ]);
+  },
+});
+
+function details(e) {
+  const rest = Object.entries(e).filter(([k]) => !ENVELOPE.has(k));
+  const line = rest.map(([k, v]) => `${k}=${brief(v, 80)}`).join("  ");
+  if (line.length <= 140) return line;
+  return el("details", { class: "row-detail" }, el("summary", { "data-key": `ev-${e.seq}` }, brief(line, 140)),
+    el("pre", { class: "stack" }, JSON.stringify(Object.fromEntries(rest), null, 2)));
+}
+
+function render(view) {
+  tail.disabled = view.mode === "replay";
+  if (view.mode === "replay") tail.checked = false;
+  if (!answer) return;
+  fill(document.getElementById("types"), [...seenTypes].sort().map((t) => el("option", { value: t })));
+  const items = answer.items || [];
+  fill(document.getElementById("events"), table([
+    { label: "Time", cell: (e) => el("time", { datetime: new Date(e.ts * 1000).toISOString(), title: dateTime(e.ts) }, clock(e.ts, true)) },
+    { label: "Level", cls: "lvl", cell: (e) => e.level },
+    { label: "Type", cell: (e) => el("code", {}, e.type) },
+    { label: "Node", cell: (e) => e.node_id || e.node || "–" },
+    { label: "Rank", num: true, cell: (e) => (e.rank === undefined || e.rank === null ? "–" : e.rank) },
+    { label: "Details", cls: "msg", cell: details },
+  ], items, {
+    empty: "No event matches these filters.",
+    rowAttrs: (e) => ({ class: `level-${e.level}`, "data-seq": e.seq, "data-type": e.type }),
+  }));
+  const total = typeof answer.total === "number" ? ` of ${answer.total}` : "";
+  document.getElementById("count").textContent = `${items.length}${total} events${answer.partial ? " (scan budget reached: older events may match)" : ""}`;
+  document.getElementById("older").disabled = answer.next_before === null || answer.next_before === undefined;
+  document.getElementById("newest").disabled = before === null;
+}
