@@ -6,11 +6,15 @@ rendezvous handler does) and heartbeat; then ``NODES x RANKS_PER_NODE`` worker
 connections say hello for that round and, every second each, send one
 ``telemetry`` op with one ``step`` report (every 10th second a
 ``step_progress``, as torchrt.step's reporter does), each node one
-``node_stats`` sample of itself and its workers. Reports start at random
+``node_stats`` sample of itself and its workers. As a real worker's reporter
+(:func:`torchrt.telemetry.coordinator_reporter`), a rank sends its batches
+without an id (no reply) and, when the run ends, one last telemetry request,
+answered once the coordinator took everything before it; a node asks for a
+reply to each sample, as the rendezvous handler does. Reports start at random
 offsets within the second so they arrive spread, as real ranks' do. It prints
 ``ready ROUND`` once every connection said hello and reports flow, then runs
-until its stdin closes; at the end it prints one JSON line of counts (replies
-accepted/refused, errors).
+until its stdin closes; at the end it prints one JSON line of counts (reports
+sent, error answers of any kind, and the ranks' last requests answered).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ RUN_ID = "bench-ingest"
 
 
 class Conn:
+    errors = 0  # answers with ok false, on any connection (one to a message without an id too)
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.ids = 0
@@ -41,12 +47,14 @@ class Conn:
     async def _read(self) -> None:
         while line := await self.reader.readline():
             message = json.loads(line)
+            if message.get("ok") is False:
+                Conn.errors += 1
             future = self.waiting.pop(message.get("id"), None)
             if future is not None and not future.done():
                 future.set_result(message)
 
     def send(self, op: str, **fields: Any) -> None:
-        """A message that gets no reply (a heartbeat)."""
+        """A message that gets no reply (a heartbeat, a worker's telemetry batch)."""
         self.writer.write((json.dumps({"op": op, **fields}) + "\n").encode())
 
     def request(self, op: str, **fields: Any) -> asyncio.Future:
@@ -79,7 +87,7 @@ def node_sample(node: int, ranks: range) -> dict[str, Any]:
 
 async def main(endpoint: str, nodes: int, per_node: int) -> None:
     host, port = endpoint.rsplit(":", 1)
-    counts = {"accepted": 0, "refused": 0, "errors": 0, "node_stats_errors": 0}
+    counts = {"sent": 0, "node_samples": 0, "errors": 0, "last_requests_answered": 0}
     node_conns = [await Conn.open(host, int(port)) for _ in range(nodes)]
     job = {"min_nodes": nodes, "max_nodes": nodes, "last_call_timeout": 0, "heartbeat_timeout": 30}
     await asyncio.gather(*(c.request(Op.HELLO, **hello(Role.NODE, node_id=f"node{i}", job=job, info={
@@ -98,33 +106,26 @@ async def main(endpoint: str, nodes: int, per_node: int) -> None:
         "rank": rank, "local_rank": rank % per_node, "world_size": nodes * per_node, "local_world_size": per_node,
         "node_id": f"node{i}", "round": number, "pid": 10_000 + rank, "backend": "gloo"})) for rank, i, c in workers))
 
-    async def report(conn: Conn, events: Any) -> None:
-        try:
-            reply = await conn.request(Op.TELEMETRY, events=events)
-        except Exception:
-            counts["errors"] += 1
-            return
-        counts["accepted"] += reply.get("accepted", 0)
-        counts["refused"] += reply.get("refused", 0)
-        if not reply.get("ok"):
-            counts["errors"] += 1
-
     async def rank_loop(rank: int, conn: Conn) -> None:
         await asyncio.sleep(random.random())
         step = 0
         while True:
             step += 10
-            asyncio.get_running_loop().create_task(report(conn, [step_report(rank, step, step % 100 == 0)]))
+            conn.send(Op.TELEMETRY, events=[step_report(rank, step, step % 100 == 0)])
+            counts["sent"] += 1
             await asyncio.sleep(1.0)
 
     async def node_loop(i: int, conn: Conn) -> None:
         await asyncio.sleep(random.random())
         while True:
             conn.send(Op.HEARTBEAT)
-            reply_future = conn.request(Op.TELEMETRY, events=[node_sample(i, range(i * per_node, (i + 1) * per_node))])
-            reply_future.add_done_callback(lambda f: f.result().get("ok") or counts.__setitem__(
-                "node_stats_errors", counts["node_stats_errors"] + 1))
+            conn.request(Op.TELEMETRY, events=[node_sample(i, range(i * per_node, (i + 1) * per_node))])
+            counts["node_samples"] += 1
             await asyncio.sleep(1.0)
+
+    async def last_request(conn: Conn) -> None:
+        reply = await asyncio.wait_for(conn.request(Op.TELEMETRY, events=[]), 60)
+        counts["last_requests_answered"] += bool(reply.get("ok"))
 
     tasks = [asyncio.create_task(rank_loop(rank, c)) for rank, _, c in workers]
     tasks += [asyncio.create_task(node_loop(i, c)) for i, c in enumerate(node_conns)]
@@ -132,6 +133,8 @@ async def main(endpoint: str, nodes: int, per_node: int) -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*(last_request(c) for _, _, c in workers))
+    counts["errors"] = Conn.errors
     print(json.dumps(counts), flush=True)
 
 

@@ -62,6 +62,7 @@ Event = dict[str, Any]
 _HEAD = re.compile(rb'\{"seq":(\d+),"ts":([-+0-9.eE]+),"type":"([^"\\]*)"')
 _PLAIN = re.compile(r"[ -~]*")  # printable ASCII: searchable in the raw line as it is
 _QUOTE_FREE = re.compile(r'[^"\\]*')
+_TYPES = frozenset(t.value for t in EventType)
 
 
 def level_of(event_type: object) -> Level:
@@ -92,7 +93,7 @@ class EventQuery:
         types = None
         if args.get("type"):
             names = [t.strip() for t in args["type"].split(",") if t.strip()]
-            unknown = [t for t in names if t not in EventType._value2member_map_]
+            unknown = [t for t in names if t not in _TYPES]
             if unknown:
                 raise QueryError(f"expected event types of the contract (docs/events.md), got {unknown[0][:60]!r}",
                                  key="type", expected="a comma-separated list of event types", got=unknown[0][:60])
@@ -266,8 +267,10 @@ def _scan(path: Path, start: int, query: EventQuery, wanted: int) -> tuple[list[
     oldest: int | None = None
     if wanted <= 0:
         return found, oldest, False
+    scanned = 0
     with open(path, "rb") as f:
-        for read, line in _lines_back(f, start):
+        for line in _lines_back(f, start):
+            scanned += len(line) + 1
             head = _head(line)
             if head is None or (query.before is not None and head[0] >= query.before):
                 continue
@@ -283,28 +286,25 @@ def _scan(path: Path, start: int, query: EventQuery, wanted: int) -> tuple[list[
                     found.append(event)
                     if len(found) == wanted:
                         return found, oldest, False
-            if read > SCAN_BUDGET_BYTES:
+            if scanned > SCAN_BUDGET_BYTES:
                 return found, oldest, True
     return found, oldest, False
 
 
-def _lines_back(f: BinaryIO, end: int) -> Iterator[tuple[int, bytes]]:
-    """The complete lines before byte ``end`` (a line start or the end of a line), last first,
-    with the bytes read so far."""
-    position, rest, read = end, b"", 0
+def _lines_back(f: BinaryIO, end: int) -> Iterator[bytes]:
+    """The complete lines before byte ``end`` (a line start or the end of a line), last first."""
+    position, rest = end, b""
     while position > 0:
         size = min(CHUNK, position)
         position -= size
         f.seek(position)
-        block = f.read(size) + rest
-        read += size
-        lines = block.split(b"\n")
+        lines = (f.read(size) + rest).split(b"\n")
         rest = lines[0]
         for line in reversed(lines[1:]):
             if line:
-                yield read, line
+                yield line
     if rest:
-        yield read, rest
+        yield rest
 
 
 def _head(line: bytes) -> tuple[int, float, str] | None:

@@ -19,7 +19,7 @@ the last snapshot is served and ``connected`` is False.
 :class:`ReplaySource` reads a run directory alone: the view is ``JobView.replay`` (its series from
 ``series/``). ``at=`` (the time slider) shows the view as of that time: a second view folds the
 events with ``ts <= at``, kept with a cursor so that moving forward folds only the events in
-between (moving back starts again), and series points are cut at ``t <= at``. Previews are live
+between (moving back starts again), and series points are cut to the buckets that ended by ``at``. Previews are live
 only (docs/view.md): a replay has none, and says so.
 
 Both read the run's event log through :class:`monitor.logs.EventIndex` and its stack dumps
@@ -188,8 +188,12 @@ class LiveSource:
         welcome = self._client.welcome
         self.run_dir = Path(run_dir) if run_dir is not None else self._readable(welcome.get("run_dir"))
         self.log = EventIndex(self.run_dir)
-        self._subscribe()
-        self._fetch([])
+        try:
+            self._subscribe()
+            self._fetch([])
+        except BaseException:
+            self._client.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="torchrt-monitor-source", daemon=True)
         self._thread.start()
 
@@ -256,7 +260,8 @@ class LiveSource:
                 if self._reconnect():
                     backoff = 0.2
                 else:
-                    time.sleep(backoff)
+                    with self._lock:
+                        self._wake.wait(backoff)  # close() ends it early
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             time.sleep(max(0.0, self._fetched_at + CACHE_S - time.monotonic()))
@@ -565,8 +570,8 @@ def _ts(event: dict[str, Any]) -> float:
 
 
 def _cut(points: dict[str, Any], at: float, level: int) -> dict[str, Any]:
-    """Series points (columnar, oldest first) of samples at or before ``at`` only: a 1 s point
-    from its second on, a coarser one only once its whole bucket is (it holds later samples)."""
-    n = bisect.bisect_right(points["t"], at - (LEVELS[level].resolution_s if level else 0))
+    """Series points (columnar, oldest first) of samples at or before ``at`` only: a point whose
+    whole bucket is (a point of the second ``at`` is in may hold a later sample)."""
+    n = bisect.bisect_right(points["t"], at - LEVELS[level].resolution_s)
     return {**points, **{k: v[:n] for k, v in points.items() if isinstance(v, list)},
             "partial": points.get("partial", False) and n == len(points["t"])}

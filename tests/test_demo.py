@@ -77,7 +77,7 @@ def test_killed_worker_restarts_resumes_and_every_sample_is_trained_on_once(tmp_
     assert "training finished with exit status 0" in output
 
     kinds = [e["type"] for e in events(run_dir)]
-    assert len({e["node_id"] for e in events(run_dir, "node_joined")}) == 2
+    assert len({e["node"] for e in events(run_dir, "node_joined")}) == 2
     rounds = [e["round"] for e in events(run_dir, "round_completed")]
     assert len(rounds) >= 2, "the kill made a new round"
     started = events(run_dir, "worker_started")

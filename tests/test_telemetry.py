@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -17,16 +18,17 @@ import pytest
 import torch
 
 import torchrt
-from torchrt.contract import EventType
+from torchrt.contract import EventType, Role
+from torchrt.coordinator import CoordinatorClient
 from torchrt.data import ShardedPipeline
 from torchrt.data.sources import ArraySource
-from torchrt.telemetry import Reporter
+from torchrt.telemetry import Reporter, coordinator_reporter
 from torchrt.telemetry import steps as steps_module
 from torchrt.telemetry.node import GpuProbe, NodeSampler, NodeStatsThread, agent_workers
 from torchrt.telemetry.steps import MAX_SCALARS, StepMeter
 from torchrt.view import JobView
 
-from tests.helpers import live_and_replayed_views, ManualClock, events, free_port, wait_until
+from tests.helpers import ManualClock, events, form_round, free_port, live_and_replayed_views, node_client, wait_until
 
 
 def meter(clock: ManualClock, **kw: Any) -> StepMeter:
@@ -120,6 +122,64 @@ def test_the_reporter_flush_takes_the_step_window_and_its_close_says_the_last_wo
         reporter.close()
     assert got[-1]["type"] == EventType.STEP_PROGRESS and got[-1]["loss"] == 0.25
     json.dumps(got)  # what the sink gets is JSON as it is
+
+
+def test_a_reporters_last_flush_goes_to_confirm_even_when_it_has_nothing_to_say():
+    sent: list[list[dict[str, Any]]] = []
+    confirmed: list[list[dict[str, Any]]] = []
+    reporter = Reporter(sent.append, flush_interval=60, confirm=confirmed.append)
+    reporter.emit(EventType.METRIC, name="loss", value=1.0, step=1)
+    reporter.flush()
+    reporter.close()
+    assert [[e["name"] for e in batch] for batch in sent] == [["loss"]]
+    assert confirmed == [[]]
+
+
+def test_a_workers_batches_do_not_wait_for_the_coordinator_and_its_last_word_is_taken_before_close(coordinator):
+    """torchrt.init's reporter (coordinator_reporter over a real worker connection): a flush sends its
+    batch and returns while the coordinator's loop is held busy (it used to wait for a reply a
+    thousand times a second at a thousand ranks); the flush at close is answered only once the
+    coordinator took every batch before it, so the rank's last word is in the record and the view
+    when close returns, before the connection ends and the coordinator records worker_stopped."""
+    steps_module._meter.window(final=True)  # whatever earlier tests left in the process-wide meter
+    steps_module._meter.window(final=True)
+    steps_module._meter.note_restored(0)  # and its step count: this test's steps are 1, 2, ...
+    node = node_client(coordinator.endpoint)
+    client = CoordinatorClient(coordinator.endpoint, role=Role.WORKER, run_id="job", hello={"info": {
+        "rank": 0, "local_rank": 0, "world_size": 1, "local_world_size": 1, "node_id": "n0",
+        "round": form_round(node), "pid": os.getpid(), "backend": "gloo"}})
+    client.connect(timeout=10)
+    reporter = coordinator_reporter(client, flush_interval=60)
+
+    def first_row() -> dict[str, Any]:
+        return coordinator.read_view(lambda view: view.page("workers", "workers")["items"][0])
+
+    held, release = threading.Event(), threading.Event()
+    busy = threading.Thread(target=coordinator.read_view, args=(lambda view: held.set() or release.wait(30),))
+    try:
+        busy.start()
+        assert held.wait(10), "the coordinator's loop did not run the blocking read"
+        for _ in range(3):
+            torchrt.step(loss=0.5, samples=4)
+        started = time.monotonic()
+        reporter.flush()
+        waited = time.monotonic() - started
+        assert waited < 2.0, f"a flush waited {waited:.1f} s for a coordinator that was busy"
+        release.set()
+        busy.join(10)
+        wait_until(lambda: first_row()["step"] == 3, timeout=10, what="the batch sent while the loop was busy")
+        torchrt.step(loss=0.25, samples=4)
+        reporter.close()  # its last word: step 4, logged, taken by the coordinator before close returns
+        row = first_row()
+        assert (row["state"], row["step"], row["loss"]) == ("running", 4, 0.25)
+        logged = [e for e in coordinator.events.recent(0) if e["type"] == EventType.STEP_PROGRESS]
+        assert (logged[-1]["step"], logged[-1]["loss"]) == (4, 0.25)
+    finally:
+        release.set()
+        client.close()
+        node.close()
+    wait_until(lambda: first_row()["state"] == "stopped", timeout=10, what="the worker's stop in the view")
+    assert first_row()["step"] == 4
 
 
 def test_the_data_pipeline_hands_epoch_position_and_wait_to_the_step_report():

@@ -307,6 +307,7 @@ class DataSection:
 
     datasets: tuple[DataSpec, ...] = ()
     any_keys: typing.ClassVar[bool] = True  # the keys are dataset names, not fixed fields
+    keys_from: typing.ClassVar[type] = DataSpec  # each entry's keys (docs/config.md)
 
     @classmethod
     def parse(cls, s: Section) -> DataSection:
@@ -319,10 +320,11 @@ class DataSection:
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
     """``checkpoint``: a :class:`torchrt.checkpoint.CheckpointSpec` (dir, every_steps,
-    every_seconds, keep, async_save, writer_threads, on_error, when_busy); absent: None."""
+    every_seconds, keep, async_save, writer_threads, on_error, when_busy); absent: no checkpoints."""
 
     spec: CheckpointSpec | None = None
     any_keys: typing.ClassVar[bool] = True  # CheckpointSpec checks its own keys
+    keys_from: typing.ClassVar[type] = CheckpointSpec
 
     @classmethod
     def parse(cls, s: Section) -> CheckpointSection:
@@ -396,7 +398,7 @@ class DemoSection:
 
     epochs: int = setting(8, Integer(ge=1), doc="epochs to train")
     step_delay: float = setting(0.0, Number(ge=0), doc="seconds each step sleeps, to make a short job watchable")
-    faults: DemoFaults = setting(check=None, default_factory=DemoFaults, doc="see below")
+    faults: DemoFaults = setting(check=None, default_factory=DemoFaults, doc="what goes wrong, on purpose")
 
     @classmethod
     def parse(cls, s: Section) -> DemoSection:

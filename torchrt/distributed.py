@@ -45,7 +45,7 @@ from torchrt.contract import Env, EventType, Op, Role, barrier_key, restart_stor
 from torchrt.coordinator.client import CoordinatorClient
 from torchrt.errors import BarrierError
 from torchrt.protocol import parse_endpoint
-from torchrt.telemetry import NullReporter, Reporter, get_reporter, set_reporter
+from torchrt.telemetry import NullReporter, coordinator_reporter, get_reporter, set_reporter
 from torchrt.telemetry.stacks import StackResponder
 from torchrt.view.barriers import CAP as BARRIER_NAMES_CAP
 from torchrt.view.names import NameTable
@@ -261,10 +261,7 @@ def _start_telemetry(ctx: WorkerContext) -> None:
                        ctx.endpoint, e)
         return
 
-    def deliver(events: list[dict]) -> None:
-        client.request(Op.TELEMETRY, events=events, timeout=10)
-
-    reporter = Reporter(deliver)
+    reporter = coordinator_reporter(client)  # batches sent without a reply; the last one at exit a request
     set_reporter(reporter)
 
     def stop() -> None:

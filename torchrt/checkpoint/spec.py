@@ -50,14 +50,18 @@ class CheckpointSpec:
         ``checkpoint_skipped`` event). Never interleaved.
     """
 
-    dir: str = setting(check=Text())
-    every_steps: int | None = setting(None, Integer(ge=1, optional=True))
-    every_seconds: float | None = setting(None, Number(gt=0, optional=True))
-    keep: int = setting(3, Integer(ge=1))
-    async_save: bool = setting(True, Boolean())
-    writer_threads: int = setting(4, Integer(ge=1, le=64))
-    on_error: OnError = setting("continue", Choice(ON_ERROR))
-    when_busy: WhenBusy = setting("queue", Choice(WHEN_BUSY))
+    dir: str = setting(check=Text(), doc="root directory (shared by all nodes); checkpoints are `<dir>/step_<N>/`")
+    every_steps: int | None = setting(None, Integer(ge=1, optional=True), doc="`maybe_save` saves every N steps")
+    every_seconds: float | None = setting(None, Number(gt=0, optional=True),
+                                          doc="`maybe_save` saves every N seconds")
+    keep: int = setting(3, Integer(ge=1), doc="committed checkpoints kept (older ones deleted only after a newer "
+                                              "commit)")
+    async_save: bool = setting(True, Boolean(), doc="`save()` returns once staged (true) or once committed (false)")
+    writer_threads: int = setting(4, Integer(ge=1, le=64), doc="parallel writers per rank")
+    on_error: OnError = setting("continue", Choice(ON_ERROR), doc="after a failed save: go on, or raise at the "
+                                                                  "next save")
+    when_busy: WhenBusy = setting("queue", Choice(WHEN_BUSY), doc="a save requested while one is in flight: "
+                                                                  "wait for it, or skip (an event)")
 
     def __post_init__(self) -> None:
         try:

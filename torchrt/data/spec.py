@@ -70,20 +70,25 @@ def resolve_object(reference: str, *, dataset: str, what: str) -> Any:
 class DataSpec:
     """A dataset and how each rank's pipeline reads it (see the module docstring for kinds)."""
 
-    name: str = setting(check=Text())
-    kind: DataKind = setting(check=Choice(KINDS))
-    path: str | None = setting(None, Text(optional=True))
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    batch_size: int = setting(32, Integer(ge=1))
-    shuffle: bool = setting(True, Boolean())
-    seed: int = setting(0, Integer(ge=0))
-    tail: Literal["drop_tail", "pad"] = setting("drop_tail", Choice(_TAILS))
-    workers: int = setting(2, Integer(ge=0))
-    worker_mode: Literal["threads", "processes"] = setting("threads", Choice(_MODES))
-    prefetch: int = setting(2, Integer(ge=0))
-    preview_interval: float | None = setting(2.0, Number(ge=0, optional=True))
-    report_interval: float = setting(5.0, Number(ge=0))
-    transform: str | Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    name: str = setting(check=Text(), default_doc="the key under `data`", doc="the dataset's name")
+    kind: DataKind = setting(check=Choice(KINDS), doc="`map` (path `package.module:attr`), `shards` (a directory "
+                                                      "written by `ShardWriter`), `digits`, `synthetic`")
+    path: str | None = setting(None, Text(optional=True), doc="where the data is (per kind, docs/data.md)")
+    options: Mapping[str, Any] = setting(check=None, default_factory=dict, doc="kind-specific options (docs/data.md)")
+    batch_size: int = setting(32, Integer(ge=1), doc="samples per rank per step")
+    shuffle: bool = setting(True, Boolean(), doc="a new order each epoch, from `(seed, epoch)`")
+    seed: int = setting(0, Integer(ge=0), doc="seed of the epoch order")
+    tail: Literal["drop_tail", "pad"] = setting("drop_tail", Choice(_TAILS),
+                                                doc="the last, short step: dropped, or padded (padding rows are "
+                                                    "masked: target -100); `drop_last: true/false` also works")
+    workers: int = setting(2, Integer(ge=0), doc="batch-level map workers (0: in the training thread)")
+    worker_mode: Literal["threads", "processes"] = setting("threads", Choice(_MODES), doc="what the workers are")
+    prefetch: int = setting(2, Integer(ge=0), doc="batches read ahead")
+    preview_interval: float | None = setting(2.0, Number(ge=0, optional=True),
+                                             doc="seconds between live sample previews per rank (null or 0: off)")
+    report_interval: float = setting(5.0, Number(ge=0), doc="seconds between progress and timing reports")
+    transform: str | Callable[[dict[str, Any]], dict[str, Any]] | None = setting(
+        None, check=None, doc="`package.module:function` applied to each batch in the workers")
     dataset: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

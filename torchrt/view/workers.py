@@ -154,25 +154,26 @@ class WorkersFold:
                 "recent_stops": list(self.stops), "progress": self._progress(), "alerts": self._alerts()}
 
     def _progress(self) -> JSON:
-        """The running ranks' progress, summarised."""
-        ranks = self.ranks
-        rows = [progress | {"rank": rank} for rank, report in self.reports.items()
-                if ranks[rank]["state"] == "running" and (progress := _progress_of(report))["reported_at"] is not None]
-        steps = [row["step"] for row in rows if isinstance(row["step"], int)]
-        epochs = [row["epoch"] for row in rows if isinstance(row["epoch"], int)]
-        timed = [(value, row["rank"]) for row in rows if (value := number(row["step_ms"])) is not None]
-        rates = [value for row in rows if (value := number(row["samples_per_s"])) is not None]
+        """The running ranks' progress, summarised (in rank-row order, as a replay has it)."""
+        reports = self.reports
+        live = [(rank, report) for rank, row in self.ranks.items()
+                if row["state"] == "running" and (report := reports.get(rank)) is not None
+                and report.get("ts") is not None]
+        steps = [(step, rank) for rank, report in live if isinstance(step := report.get("step"), int)]
+        epochs = [epoch for _, report in live if isinstance(epoch := report.get("epoch"), int)]
+        timed = [(value, rank) for rank, report in live if (value := number(report.get("step_ms"))) is not None]
+        rates = [value for _, report in live if (value := number(report.get("samples_per_s"))) is not None]
         slowest = sorted(timed, reverse=True)[:SHOWN]
-        behind = sorted((row["step"], row["rank"]) for row in rows if isinstance(row["step"], int))[:SHOWN]
-        return {"reporting": len(rows),
-                "step": {"min": min(steps, default=None), "max": max(steps, default=None)},
+        behind = sorted(steps)[:SHOWN]
+        return {"reporting": len(live),
+                "step": {"min": min(steps)[0] if steps else None, "max": max(steps)[0] if steps else None},
                 "epoch": {"min": min(epochs, default=None), "max": max(epochs, default=None)},
                 "samples_per_s": round(sum(rates), 3) if rates else None,
                 "step_ms": {"median": round(statistics.median(v for v, _ in timed), 3) if timed else None,
                             "max": slowest[0][0] if slowest else None},
                 "slowest": [{"rank": rank, "step_ms": value} for value, rank in slowest],
                 "behind": [{"rank": rank, "step": step} for step, rank in behind],
-                "last_report_at": max((row["reported_at"] for row in rows), default=None)}
+                "last_report_at": max((report["ts"] for _, report in live), default=None)}
 
     def _alerts(self) -> JSON:
         alerted = [(row["rank"], sorted(row["alerts"])) for row in self.ranks.values() if row["alerts"]]

@@ -65,7 +65,7 @@ export class TimeChart {
           return lo === hi ? [lo - 1, hi + 1] : [lo, hi + (hi - lo) * 0.08];
         } },
       },
-      axes: [{ ...axis }, { ...axis, size: 64, values: (u, splits) => splits.map((v) => format(v)) }],
+      axes: [{ ...axis }, { ...axis, size: 78, values: (u, splits) => splits.map((v) => format(v)) }],
       series: [
         { label: "time", value: (u, v) => (v === null ? "–" : new Date(v * 1000).toLocaleTimeString()) },
         ...series.map((s) => {

@@ -62,3 +62,12 @@ export function workerStatus(row, directory, snapshot) {
 export const STATUS_ORDER = ["running", "straggling", "stalled", "restarting", "dead", "finished", "stopped"];
 export const STATUS_COLOR = { running: "--ok", straggling: "--warn", stalled: "--err", restarting: "--chart-4",
                               dead: "--err", finished: "--info", stopped: "--idle" };
+
+/** Step and epoch ranges over worker rows (a stopped row keeps its last logged report): what the cards
+ *  show once no rank reports any more (a finished run, a replay at its end). */
+export function lastProgress(rows) {
+  const steps = rows.map((r) => r.step).filter(Number.isInteger);
+  const epochs = rows.map((r) => r.epoch).filter(Number.isInteger);
+  const range = (xs) => (xs.length ? { min: Math.min(...xs), max: Math.max(...xs) } : { min: null, max: null });
+  return { step: range(steps), epoch: range(epochs) };
+}

@@ -31,6 +31,7 @@ export function bytes(v) {
 /** Milliseconds: "850 µs", "12.4 ms", "1.25 s". */
 export function ms(v) {
   if (!known(v)) return DASH;
+  if (v === 0) return "0 ms";
   if (Math.abs(v) < 1) return `${num(v * 1000, 0)} µs`;
   if (Math.abs(v) < 1000) return `${num(v, v < 10 ? 2 : 1)} ms`;
   return `${num(v / 1000, 2)} s`;

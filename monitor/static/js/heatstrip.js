@@ -24,6 +24,7 @@ export class HeatStrip {
       if (i >= 0 && this.onPick) this.onPick(this.cells[i]);
     });
     this.canvas.addEventListener("keydown", (e) => this.key(e));
+    this.canvas.addEventListener("focus", () => { if (this.cursor < 0 && this.cells.length) this.moveTo(0); });
     this.canvas.addEventListener("blur", () => { this.tip.hidden = true; this.cursor = -1; this.draw(); });
     new ResizeObserver(() => this.draw()).observe(wrap);
   }
@@ -99,18 +100,22 @@ export class HeatStrip {
     this.showTip(i, event.clientX - box.left, event.clientY - box.top);
   }
 
+  /** Put the keyboard cursor on cell i and show its label. */
+  moveTo(i) {
+    const { cols, size, gap } = this.geometry;
+    this.cursor = i;
+    this.draw();
+    this.showTip(i, (i % cols) * (size + gap), Math.floor(i / cols) * (size + gap));
+  }
+
   key(event) {
     const n = this.cells.length;
     if (!n) return;
-    const { cols, size, gap } = this.geometry;
+    const { cols } = this.geometry;
     const moves = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: cols, ArrowUp: -cols, Home: -n, End: n };
     if (event.key in moves) {
       event.preventDefault();
-      this.cursor = Math.max(0, Math.min(n - 1, (this.cursor < 0 ? 0 : this.cursor + moves[event.key])));
-      this.draw();
-      const x = (this.cursor % cols) * (size + gap);
-      const y = Math.floor(this.cursor / cols) * (size + gap);
-      this.showTip(this.cursor, x, y);
+      this.moveTo(Math.max(0, Math.min(n - 1, (this.cursor < 0 ? 0 : this.cursor + moves[event.key]))));
     } else if ((event.key === "Enter" || event.key === " ") && this.cursor >= 0 && this.onPick) {
       event.preventDefault();
       this.onPick(this.cells[this.cursor]);

@@ -32,7 +32,8 @@ export class LiveSocket {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
-    if (this.ws) this.ws.close(1000, "page closed");
+    // closing a socket still connecting makes the browser log an error; the page going away ends it anyway
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.close(1000, "page closed");
   }
 
   /** The pages this view needs in every update: [{part, kind, offset, limit}]. */

@@ -31,15 +31,14 @@ const FIXED = [
     series: [{ part: "machines", name: "node/mem_percent", label: "memory", kind: "band", color: 5 }] },
 ];
 
-let windowS = 900;
+let windowChoice = "run"; // "run" (from the first event) or seconds
 const charts = new Map(); // id -> {spec, chart, panel, readout}
 const poll = new Poll(2000);
 
 for (const button of document.querySelectorAll("#window button")) {
   button.addEventListener("click", () => {
-    windowS = Number(button.dataset.window);
+    windowChoice = button.dataset.window === "run" ? "run" : Number(button.dataset.window);
     for (const b of document.querySelectorAll("#window button")) b.setAttribute("aria-pressed", String(b === button));
-    poll.ms = windowS > 900 ? 10000 : 2000;
     ctl.rerender();
     poll.run(() => readAll(ctl.view), true);
   });
@@ -128,17 +127,23 @@ function ensure(spec) {
   return entry;
 }
 
-function level() {
-  return (LEVELS.find(([span]) => windowS <= span) || LEVELS.at(-1))[1];
-}
-
+/** [since, until] of the chosen window, as of the page's time. */
 function range(view) {
   const end = view.mode === "replay" ? view.now : Math.max(view.now || 0, view.span[1] || 0);
-  return [end - windowS, end];
+  if (windowChoice !== "run") return [end - windowChoice, end];
+  const start = typeof view.span[0] === "number" ? view.span[0] : end - 900;
+  return [start, Math.max(end, start + 10)];
+}
+
+/** The finest level whose ring spans the window. */
+function level(view) {
+  const [since, until] = range(view);
+  return (LEVELS.find(([span]) => until - since <= span) || LEVELS.at(-1))[1];
 }
 
 async function readAll(view) {
-  const lvl = level();
+  const lvl = level(view);
+  poll.ms = lvl > 0 ? 10000 : 2000;
   const [since, until] = range(view);
   const wanted = specs(view.snapshot);
   await Promise.all(wanted.map(async (spec) => {
@@ -185,7 +190,7 @@ function render(view) {
       : "no data in this window";
   }
   const hint = document.getElementById("window-hint");
-  hint.dataset.level = String(level());
+  hint.dataset.level = String(level(view));
 }
 
 function emptyFor(s) {

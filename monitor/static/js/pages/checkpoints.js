@@ -83,7 +83,7 @@ function render(view) {
     ], [...restored.items].reverse(), { empty: "The job has not restored a checkpoint." }));
   }
   const cols = columns(series.points, ["mean", "min", "max"]);
-  chart.setData(cols);
+  chart.setData(cols, [view.span[0] ?? cols[0][0] ?? view.now - 60, view.now]);
   document.getElementById("ck-readout").textContent = cols[0].length ? `${cols[0].length} seconds with saves` : "no save yet";
 }
 

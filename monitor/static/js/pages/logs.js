@@ -100,7 +100,7 @@ function render(view) {
     { label: "Time", cell: (e) => el("time", { datetime: new Date(e.ts * 1000).toISOString(), title: dateTime(e.ts) }, clock(e.ts, true)) },
     { label: "Level", cls: "lvl", cell: (e) => e.level },
     { label: "Type", cell: (e) => el("code", {}, e.type) },
-    { label: "Node", cell: (e) => e.node_id || e.node || "–" },
+    { label: "Node", cls: "nowrap mono", cell: (e) => e.node_id || e.node || "–" },
     { label: "Rank", num: true, cell: (e) => (e.rank === undefined || e.rank === null ? "–" : e.rank) },
     { label: "Details", cls: "msg", cell: details },
   ], items, {

@@ -5,7 +5,7 @@
 
 import { getAllRows, getJSON } from "../api.js";
 import { card, el, fill, pager, stateChip, table } from "../dom.js";
-import { Directory, STATUS_COLOR, STATUS_ORDER, workerStatus } from "../directory.js";
+import { Directory, STATUS_COLOR, STATUS_ORDER, lastProgress, workerStatus } from "../directory.js";
 import { ago, bytes, clock, int, mbps, ms, num, pct, rate, us } from "../format.js";
 import { HeatStrip } from "../heatstrip.js";
 import { Poll, startPage } from "../shell.js";
@@ -79,10 +79,13 @@ function renderCards(s) {
   const barriers = ((s.barriers || {}).names || []).slice().sort((a, b) => (b.last_at || 0) - (a.last_at || 0));
   const barrier = barriers[0];
   const open = Object.values(alerts).reduce((a, b) => a + b, 0);
-  const stepRange = prog.step && prog.step.min !== null && prog.step.min !== undefined
-    ? (prog.step.min === prog.step.max ? int(prog.step.max) : `${int(prog.step.min)}–${int(prog.step.max)}`) : "–";
-  const epochRange = prog.epoch && prog.epoch.min !== null && prog.epoch.min !== undefined
-    ? (prog.epoch.min === prog.epoch.max ? `epoch ${prog.epoch.max}` : `epochs ${prog.epoch.min}–${prog.epoch.max}`) : "no epoch";
+  const reporting = prog.step && prog.step.max !== null && prog.step.max !== undefined;
+  const last = reporting ? prog : lastProgress(allRows.rows);
+  const stepRange = last.step && last.step.min !== null && last.step.min !== undefined
+    ? (last.step.min === last.step.max ? int(last.step.max) : `${int(last.step.min)}–${int(last.step.max)}`) : "–";
+  const epochs = last.epoch && last.epoch.min !== null && last.epoch.min !== undefined
+    ? (last.epoch.min === last.epoch.max ? `epoch ${last.epoch.max}` : `epochs ${last.epoch.min}–${last.epoch.max}`) : "no epoch";
+  const epochRange = reporting ? epochs : `${epochs} · last reported`;
   const slowest = (prog.slowest || [])[0];
   const pending = rdzv.pending;
   const gpus = machines.gpus || {};

@@ -3,7 +3,7 @@
 // workers are twenty pages, not one huge table; `?rank=N` opens the page that holds rank N.
 
 import { card, el, fill, pager, progress, stateChip, table } from "../dom.js";
-import { Directory, STALLED, STRAGGLING, workerStatus } from "../directory.js";
+import { Directory, STALLED, STRAGGLING, lastProgress, workerStatus } from "../directory.js";
 import { ago, duration, int, ms, num, pct } from "../format.js";
 import { startPage } from "../shell.js";
 
@@ -59,12 +59,15 @@ function render(view) {
   const datasets = s.datasets || {};
   const main = Object.values(datasets)[0];
   const epochFraction = main && main.size ? Math.min(1, (main.position || 0) / main.size) : null;
+  const page = view.pages.get(`workers/workers?offset=${offset}&limit=${LIMIT}`);
+  const reporting = prog.step && prog.step.max !== null && prog.step.max !== undefined;
+  const last = reporting ? prog : lastProgress(page ? page.items : []);
   fill(document.getElementById("cards"),
-    card("Epoch", prog.epoch && prog.epoch.max !== null && prog.epoch.max !== undefined ? String(prog.epoch.max) : main ? String(main.epoch) : "–",
+    card("Epoch", last.epoch.max !== null && last.epoch.max !== undefined ? String(last.epoch.max) : main ? String(main.epoch) : "–",
       main ? `${main.name}: ${pct(epochFraction)} of ${int(main.size)} samples` : "no dataset registered"),
     card("Samples/s", num(prog.samples_per_s), `${int(prog.reporting || 0)} ranks reporting`),
-    card("Step", prog.step && prog.step.max !== null && prog.step.max !== undefined ? int(prog.step.max) : "–",
-      prog.step && prog.step.min !== prog.step.max ? `slowest rank at ${int(prog.step.min)}` : "all ranks together"),
+    card("Step", last.step.max !== null ? int(last.step.max) : "–",
+      !reporting ? "last reported" : last.step.min !== last.step.max ? `slowest rank at ${int(last.step.min)}` : "all ranks together"),
     card("Step time", ms(prog.step_ms && prog.step_ms.median), `median · max ${ms(prog.step_ms && prog.step_ms.max)}`),
     card("Stragglers", int(((w.alerts || {}).counts || {})[STRAGGLING] || 0), "ranks slower than the others",
       ((w.alerts || {}).counts || {})[STRAGGLING] ? "warn" : null),
@@ -72,7 +75,6 @@ function render(view) {
       ((w.alerts || {}).counts || {})[STALLED] ? "bad" : null),
   );
   renderAttention(view);
-  const page = view.pages.get(`workers/workers?offset=${offset}&limit=${LIMIT}`);
   if (!page) return;
   fill(document.getElementById("tasks"), table([
     { label: "Worker", cell: (r) => el("span", { class: "task-name" }, dir.name(r)) },

@@ -1,0 +1,333 @@
+"""The monitor in a real browser: every page against a real job, live and replayed.
+
+The system Chromium (``/usr/bin/chromium``) through pytest-playwright. Live: a coordinator and
+two torchrun agents of two workers each (tests/monitor_env.py ``LiveJob``: DDP on the digits
+with torchrt.data previews, checkpoints, step reports), watched by the real app
+(monitor.app.create_app over monitor.sources.LiveSource) served by MonitorServer on a free
+loopback port. Replay: the run directory of such a job after it ended (the session's
+``finished_run_dir``) through ReplaySource.
+
+Each page must render the job's data with no console error; a live update must reach the DOM
+(over the page's websocket, without a reload); the charts must draw points; the Logs filters must
+narrow the log; the replay slider must show the job as of the time it is moved to; one click on
+Stacks must give the ranks' stacks grouped. The tests save a screenshot of each page from the real
+run to docs/screenshots/ (the README shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from monitor.app import MonitorOptions, create_app
+from monitor.serve import MonitorServer
+from monitor.sources import LiveSource, ReplaySource
+from torchrt.contract import EventType
+
+from tests.helpers import events as logged_events
+from tests.monitor_env import RANKS, LiveJob, finished_run_dir  # noqa: F401 (a fixture)
+
+pytest.importorskip("pytest_playwright")
+
+CHROMIUM = "/usr/bin/chromium"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+WAIT_MS = 30_000  # two cores shared by a job, the monitor and the browser
+
+pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no Chromium at {CHROMIUM}")
+
+# What each page shows once it has drawn the job's data (live).
+PAGES = {
+    "overview": f"canvas.strip[data-cells='{RANKS}']",
+    "datasets": "section[data-dataset='digits'] .preview img",
+    "tasks": f"#tasks tbody tr:nth-child({RANKS})",
+    "activity": ".chart[data-chart='samples'][data-points]:not([data-points='0'])",
+    "rounds": "#rounds tbody tr",
+    "checkpoints": "#history tbody tr",
+    "stacks": "#take-all:enabled",
+    "logs": "#events tbody tr",
+    "settings": "#connection table",
+}
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": LAUNCH_ARGS}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args: dict) -> dict:
+    return {**browser_context_args, "viewport": {"width": 1280, "height": 800}}
+
+
+@dataclass
+class Live:
+    job: LiveJob
+    url: str
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """A running job (every rank past a few steps) and a monitor attached to it."""
+    job = LiveJob(tmp_path_factory.mktemp("browser-live"), ckpt_every=10)
+    try:
+        job.start()
+        job.wait_running(steps=3)
+        with MonitorServer(create_app(LiveSource(job.endpoint, run_dir=job.run_dir), MonitorOptions())) as server:
+            yield Live(job, server.url)
+    finally:
+        job.close()
+
+
+@pytest.fixture(scope="module")
+def replay(finished_run_dir: Path) -> Iterator[str]:  # noqa: F811 (the imported fixture)
+    """A monitor replaying the finished run's directory."""
+    with MonitorServer(create_app(ReplaySource(finished_run_dir), MonitorOptions())) as server:
+        yield server.url
+
+
+@pytest.fixture
+def console(page) -> list[str]:
+    """The page's console errors and uncaught exceptions, as they happen."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"{m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    return errors
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def path(name: str) -> str:
+    return "/" if name == "overview" else f"/{name}"
+
+
+def until(page, expression: str, arg: object = None) -> None:
+    """Wait until a JavaScript expression (over ``arg``) is true in the page. Always a function: the
+    pages' CSP (no 'unsafe-eval') refuses Playwright's evaluation of a bare expression string."""
+    page.wait_for_function(f"(arg) => ({expression})", arg=arg, timeout=WAIT_MS)
+
+
+CARD = "document.querySelector('#cards .card:nth-child(1) .value').textContent"  # the first card's value
+EVENTS = "[...document.querySelectorAll('#events tbody tr')]"  # the Logs table's rows
+
+
+def card_value(page, label: str) -> str:
+    """The value of the summary card whose label reads ``label``."""
+    return page.locator(".card", has=page.locator(".label", has_text=re.compile(f"^{label}$", re.I))) \
+        .locator(".value").inner_text()
+
+
+# ---------------------------------------------------------------------------------------- replay
+def test_replay_slider_shows_the_job_as_of_that_time(replay: str, finished_run_dir: Path,  # noqa: F811
+                                                     page, console: list[str]) -> None:
+    started = [e["ts"] for e in logged_events(finished_run_dir, EventType.WORKER_STARTED)]
+    stopped = [e["ts"] for e in logged_events(finished_run_dir, EventType.WORKER_STOPPED)]
+    all_running = (max(started) + min(stopped)) / 2  # every rank ran then
+    assert min(stopped) - max(started) > 1.0, "the run is too short for a 1 s slider"
+    page.goto(replay + "/")
+    slider = page.locator("#replay-at")
+    slider.wait_for(state="visible", timeout=WAIT_MS)
+    assert page.locator("#mode-badge").inner_text() == "replay"
+    until(page, "document.querySelector('#cards .value') !== null")
+    assert card_value(page, "Workers") == f"0 / {RANKS}"  # the end: every worker stopped
+    assert card_value(page, "Round") == "#1"
+
+    with page.expect_request(lambda r: "/api/v1/snapshot?" in r.url and "at=" in r.url):
+        slider.focus()
+        page.keyboard.press("Home")  # the start of the run: no round formed, no worker yet
+    until(page, f"{CARD} === '0 / 0'")
+    assert card_value(page, "Round") == "–"
+    assert "at=" in page.url and "at=" in page.locator("nav a[data-nav='logs']").get_attribute("href")
+
+    slider.evaluate("(el, ts) => { el.value = String(Math.round(ts)); el.dispatchEvent(new Event('input')); }",
+                    all_running)
+    until(page, f"{CARD} === arg", f"{RANKS} / {RANKS}")
+    assert int(page.locator("canvas.timeline").get_attribute("data-items")) >= 3
+    shot(page, "replay")
+    page.click("#replay-end")
+    until(page, f"{CARD} === arg", f"0 / {RANKS}")
+    assert "at=" not in page.url
+    assert console == []
+
+
+def test_logs_filters_narrow_the_log(replay: str, finished_run_dir: Path, page,  # noqa: F811
+                                     console: list[str]) -> None:
+    committed = len(logged_events(finished_run_dir, EventType.CHECKPOINT_COMMITTED))
+    rows = page.locator("#events tbody tr")
+
+    def apply(**fields: str) -> None:
+        page.click("#f-clear")
+        for name, value in fields.items():
+            if name == "level":
+                page.select_option("#f-level", value)
+            else:
+                page.fill(f"#f-{name}", value)
+        page.click("#filters button[type='submit']")
+
+    page.goto(replay + "/logs")
+    page.wait_for_selector("#events tbody tr", timeout=WAIT_MS)
+    everything = rows.count()
+
+    apply(type=EventType.CHECKPOINT_COMMITTED.value)
+    until(page, f"{EVENTS}.length === arg", committed)
+    assert {r.get_attribute("data-type") for r in rows.all()} == {EventType.CHECKPOINT_COMMITTED.value}
+    assert "type=checkpoint_committed" in page.url  # a filtered log has an address
+
+    apply(rank="1")
+    until(page, f"{EVENTS}.length > 0 && {EVENTS}.every(r => r.children[4].textContent === '1')")
+
+    apply(q="digits")
+    until(page, f"{EVENTS}.length > 0 && {EVENTS}.every(r => r.textContent.toLowerCase().includes('digits'))")
+    assert rows.count() < everything
+
+    apply(level="info")
+    until(page, f"{EVENTS}.length > 0 && {EVENTS}.every(r => r.classList.contains('level-info'))")
+    apply(type=EventType.NODE_DEAD.value)
+    page.wait_for_selector("#events .empty", timeout=WAIT_MS)
+    assert console == []
+
+
+def test_replay_lists_earlier_dumps_and_opens_one_grouped(replay: str, page, console: list[str]) -> None:
+    page.goto(replay + "/stacks")
+    page.wait_for_selector("#earlier tbody tr", timeout=WAIT_MS)
+    assert page.locator("#take-all").is_disabled()  # no new dump of a finished job
+    page.locator("#earlier tbody tr button").first.click()
+    page.wait_for_selector("details.group", timeout=WAIT_MS)
+    ranks = sorted(int(r) for g in page.locator("details.group").all() for r in g.get_attribute("data-ranks").split(","))
+    assert ranks == list(range(RANKS))
+    assert console == []
+
+
+def test_an_unknown_page_is_a_real_404_page(replay: str, page, console: list[str]) -> None:
+    response = page.goto(replay + "/no-such-page")
+    assert response is not None and response.status == 404
+    assert "no-such-page" in page.locator("main h2").inner_text()
+    page.wait_for_selector("#mode-badge.replay", timeout=WAIT_MS)  # the page's own script ran
+    assert [e for e in console if "404" not in e] == []  # only the browser's note of the 404 itself
+
+
+# ------------------------------------------------------------------------------------------ live
+@pytest.mark.parametrize("name", list(PAGES))
+def test_every_page_renders_the_live_job_without_console_errors(live: Live, page, console: list[str],
+                                                                 name: str) -> None:
+    page.goto(live.url + path(name))
+    page.wait_for_selector(PAGES[name], timeout=WAIT_MS)
+    page.wait_for_selector("#conn.live", timeout=WAIT_MS)
+    assert page.locator("nav a[aria-current='page']").count() == 1
+    assert page.locator("#mode-badge").inner_text() == "live"
+    shot(page, name)
+    assert console == []
+
+
+def test_a_live_update_reaches_the_dom_over_the_websocket(live: Live, page, console: list[str]) -> None:
+    updates: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: updates.append(str(payload))))
+    page.goto(live.url + "/tasks")
+    step = page.locator("#rank-0 td:nth-child(5)")
+    page.wait_for_selector("#rank-0", timeout=WAIT_MS)
+    first = int(step.inner_text().replace(",", ""))
+    page.evaluate("window.__sameDocument = true")
+    until(page, "Number(document.querySelector('#rank-0 td:nth-child(5)').textContent.replace(/,/g, '')) > arg", first)
+    assert page.evaluate("window.__sameDocument") is True  # no reload: the socket brought it
+    assert any('"kind": "update"' in u or '"kind":"update"' in u for u in updates)
+    assert "cpu-worker-01" in page.locator("#rank-0").inner_text()
+    assert console == []
+
+
+def test_activity_charts_draw_the_job_series(live: Live, page, console: list[str]) -> None:
+    page.goto(live.url + "/activity")
+    for chart in ("samples", "step", "cpu", "memory", "requests"):
+        until(page, "(document.querySelector(`.chart[data-chart='${arg}']`)?.dataset.points | 0) > 0", chart)
+        assert page.locator(f".chart[data-chart='{chart}'] canvas").count() >= 1
+    # the plotted canvas has ink: not every pixel is the same
+    inked = page.evaluate("""() => {
+        const c = document.querySelector(".chart[data-chart='samples'] canvas");
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set(); for (let i = 0; i < d.length; i += 4 * 97) seen.add(d[i] + ',' + d[i+1] + ',' + d[i+2] + ',' + d[i+3]);
+        return seen.size; }""")
+    assert inked > 2
+    page.click("#window button[data-window='60']")
+    assert page.locator("#window button[data-window='60']").get_attribute("aria-pressed") == "true"
+    until(page, "(document.querySelector(\".chart[data-chart='samples']\")?.dataset.points | 0) > 0")
+    assert console == []
+
+
+def test_logs_live_tail_shows_new_events_without_a_reload(live: Live, page, console: list[str]) -> None:
+    page.goto(live.url + "/logs")
+    page.wait_for_selector("#events tbody tr", timeout=WAIT_MS)
+    first = int(page.locator("#events tbody tr").first.get_attribute("data-seq"))
+    until(page, "Number(document.querySelector('#events tbody tr').dataset.seq) > arg", first)
+    assert console == []
+
+
+def test_one_click_dumps_every_rank_grouped(live: Live, page, console: list[str]) -> None:
+    page.goto(live.url + "/stacks")
+    page.wait_for_selector("#take-all:enabled", timeout=WAIT_MS)
+    page.click("#take-all")
+    page.wait_for_selector("details.group", timeout=WAIT_MS)
+    ranks = sorted(int(r) for g in page.locator("details.group").all() for r in g.get_attribute("data-ranks").split(","))
+    assert ranks == list(range(RANKS))  # every rank, each in exactly one group
+    assert "in " in page.locator("#dump p strong").inner_text()
+    assert page.locator("details.group[open] pre.stack").count() >= 1  # the stacks themselves
+    page.wait_for_selector("#earlier tbody tr", timeout=WAIT_MS)  # the new dump is listed
+    shot(page, "stacks")
+    assert console == []
+
+
+def test_the_rank_strip_is_keyboard_usable(live: Live, page, console: list[str]) -> None:
+    page.goto(live.url + "/")
+    page.wait_for_selector(PAGES["overview"], timeout=WAIT_MS)
+    page.keyboard.press("Tab")  # the skip link first, then the navigation: real links with a focus ring
+    page.keyboard.press("Tab")
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+    page.focus("canvas.strip")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r"/tasks\?rank=1"), timeout=WAIT_MS)
+    page.wait_for_selector("#rank-1.selected", timeout=WAIT_MS)
+    assert console == []
+
+
+def _luminance(rgb: str) -> float:
+    r, g, b = (int(v) / 255 for v in re.findall(r"\d+", rgb)[:3])
+    lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]
+    return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_readable_in_light_and_dark(live: Live, browser, scheme: str) -> None:
+    context = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(live.url + "/")
+        page.wait_for_selector(PAGES["overview"], timeout=WAIT_MS)
+        colours = page.evaluate("""() => {
+            const css = (sel, prop) => getComputedStyle(document.querySelector(sel))[prop];
+            return {bg: css('body', 'backgroundColor'), text: css('body', 'color'), panel: css('.card', 'backgroundColor'),
+                    muted: css('.card .label', 'color'), link: css('nav a[aria-current]', 'color'),
+                    current: css('nav a[aria-current]', 'backgroundColor')}; }""")
+        assert (_luminance(colours["bg"]) < 0.1) == (scheme == "dark")
+        assert _contrast(colours["text"], colours["bg"]) >= 7
+        assert _contrast(colours["muted"], colours["panel"]) >= 4.5
+        assert _contrast(colours["link"], colours["current"]) >= 4.5
+        if scheme == "dark":
+            shot(page, "overview-dark")
+        assert errors == []
+    finally:
+        context.close()
