@@ -81,6 +81,13 @@ class DemoJob:
             node.wait()
         return int(self.poll() or 0)
 
+    def terminate(self) -> None:
+        """SIGTERM the nodes still running and return (each runner stops its torchrun and workers);
+        what ``torchrt coordinator``'s signal handlers call."""
+        for node in self.nodes:
+            if node.poll() is None:
+                node.terminate()
+
     def stop(self, timeout: float = STOP_TIMEOUT_S, hurry: threading.Event | None = None) -> None:
         """SIGTERM the nodes still running, then SIGKILL what is left of their trees after
         ``timeout`` seconds or once ``hurry`` is set."""

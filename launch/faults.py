@@ -68,7 +68,7 @@ class FaultInjector:
         from torchrt.contract import demo_fault_key
         from torchrt.distributed import job_store
 
-        return True  # TEMP: no once-guard
+        return int(job_store().add(demo_fault_key(self.run_id, fault), 1)) == 1
 
     def _kill(self, step: int) -> None:
         from torchrt.telemetry import get_reporter

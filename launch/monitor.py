@@ -44,7 +44,8 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def serve_monitor(*, endpoint: str | None, run_dir: str | None, token: str | None, bind: str, port: int,
                   tensorboard: bool, owner_pid: int | None) -> int:
-    """Serve the monitor until SIGINT/SIGTERM or the owner's exit; gunicorn's exit status.
+    """Serve the monitor until SIGINT/SIGTERM or the owner's exit, then end the process with
+    gunicorn's exit status; return 1 only if it could not listen.
 
     A replayed run is read here, before serving (a bad directory is an error at once); a live
     source is built in the server's worker process (it runs threads, which a fork would lose),
@@ -78,10 +79,16 @@ def serve_monitor(*, endpoint: str | None, run_dir: str | None, token: str | Non
         arbiter = os.getpid()
         watch_owner(owner_pid, lambda: os.kill(arbiter, signal.SIGTERM))
     try:
-        return serve_gunicorn(make_app, bind, port, token, on_serving=lambda url: print(f"{SERVING}{url}", flush=True))
+        code = serve_gunicorn(make_app, bind, port, token, on_serving=lambda url: print(f"{SERVING}{url}", flush=True))
     except OSError as e:
         print(f"torchrt: monitor: cannot listen on {bind}:{port}: {e.strerror or e}", file=sys.stderr)
         return 1
+    # Nothing is left to write, and the interpreter's teardown (torch's modules) takes seconds on a
+    # busy machine: the monitor goes at once, so a job's processes are gone when the job is.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _tensorboard_dir(source: ViewSource, run_dir: str | None) -> Path | None:

@@ -45,6 +45,7 @@ from torchrt.coordinator.client import ping
 from torchrt.coordinator.run_dir import COORDINATOR_FILE, RunDirError, ensure_writable
 from torchrt.errors import CoordinatorUnavailableError, RendezvousError
 from torchrt.protocol import parse_endpoint
+from torchrt.rendezvous.options import ALERT_KEYS
 from torchrt.rendezvous.node_info import is_local_host
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def torchrun_argv(config: JobConfig, is_host: bool | None = False) -> list[str]:
     conf.update(pg_backend=rdzv.backend, last_call_timeout=rdzv.last_call_timeout,
                 rejoin_timeout=rdzv.rejoin_timeout, join_timeout=rdzv.join_timeout,
                 heartbeat_interval=rdzv.heartbeat_interval, heartbeat_timeout=rdzv.heartbeat_timeout)
+    conf.update({key: value for key in ALERT_KEYS if (value := getattr(rdzv, key)) is not None})  # those set
     if is_host is not None:
         conf["is_host"] = "true" if is_host else "false"
     entry = config.entrypoint

@@ -25,6 +25,7 @@ checked before anything listens). Request log lines go to this module's logger a
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["GUNICORN_THREADS", "MonitorServer", "serve_gunicorn"]
 
 GUNICORN_THREADS = 64  # connections served at once: open pages (one websocket each) plus requests
-GRACEFUL_STOP_S = 2.0  # open websockets get this long when the monitor stops
+GRACEFUL_STOP_S = 2  # seconds open websockets get when the monitor stops
 
 
 class _RequestHandler(WSGIRequestHandler):
@@ -126,7 +127,8 @@ def serve_gunicorn(make_app: Callable[[str], Flask], host: str, port: int, token
     check_bind(host, token)
     listener = _listen(host, port)
     url = f"http://{format_endpoint(connect_host(host), listener.getsockname()[1])}"
-    settings = {"bind": [f"fd://{listener.fileno()}"], "workers": 1, "worker_class": "gthread", "threads": threads,
+    fd = listener.detach()  # gunicorn owns it now (and closes it)
+    settings = {"bind": [f"fd://{fd}"], "workers": 1, "worker_class": "gthread", "threads": threads,
                 "keepalive": 5, "graceful_timeout": GRACEFUL_STOP_S, "timeout": 60, "accesslog": None,
                 "loglevel": "warning", "proc_name": "torchrt-monitor",
                 "post_worker_init": lambda worker: on_serving(url)}
@@ -139,10 +141,11 @@ def serve_gunicorn(make_app: Callable[[str], Flask], host: str, port: int, token
         def load(self) -> Flask:
             return make_app(url)
 
+    arbiter = os.getpid()
     try:
         Gunicorn().run()
     except SystemExit as e:
+        if os.getpid() != arbiter:  # the worker, forked inside run(): it exits as gunicorn says
+            raise
         return int(e.code or 0) if not isinstance(e.code, str) else 1
-    finally:
-        listener.close()
     return 0

@@ -177,7 +177,8 @@ class LiveSource:
         self._changed = False
         self._lost = False
         self._closed = False
-        self._fetched_at = 0.0
+        self._fetched_at = 0.0     # monotonic: when the last status op was answered
+        self._fetch_started = 0.0  # ... and when it was sent
         self._snapshot: dict[str, Any] = {}
         self._pages: dict[tuple[str, str, int, int], tuple[float, dict[str, Any]]] = {}
         self._asked: OrderedDict[tuple[str, str], tuple[int, int, float]] = OrderedDict()
@@ -190,7 +191,8 @@ class LiveSource:
         self.log = EventIndex(self.run_dir)
         try:
             self._subscribe()
-            self._fetch([])
+            with self._fetching:
+                self._fetch([])
         except BaseException:
             self._client.close()
             raise
@@ -264,14 +266,14 @@ class LiveSource:
                         self._wake.wait(backoff)  # close() ends it early
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
-            time.sleep(max(0.0, self._fetched_at + CACHE_S - time.monotonic()))
             with self._lock:
                 self._changed = False
+                taken = time.monotonic()
                 events, self._new_events = self._new_events, []
                 asked = [(part, kind, offset, limit) for (part, kind), (offset, limit, when) in self._asked.items()
-                         if time.monotonic() - when < PAGE_KEEP_S]
+                         if taken - when < PAGE_KEEP_S]
             try:
-                self._fetch(asked)
+                self._refresh(asked, taken)
             except TorchrtError as e:
                 logger.debug("monitor: refresh from %s failed: %s", self.endpoint, e)
             for listener in list(self._listeners):
@@ -299,19 +301,32 @@ class LiveSource:
         return True
 
     # ---------------------------------------------------------- fetching
-    def _fetch(self, pages: list[tuple[str, str, int, int]]) -> dict[str, Any]:
-        """One status op: the snapshot and ``pages`` (one per part/kind), cached."""
-        with self._fetching:
-            reply = self._client.request(Op.STATUS, events=1, timeout=10, pages=[
-                {"part": p, "kind": k, "offset": o, "limit": n} for p, k, o, n in pages])
-            now = time.monotonic()
-            with self._lock:
-                self._fetched_at = now
-                self._snapshot = reply["state"]
-                for part, kind, offset, limit in pages:
-                    self._pages[(part, kind, offset, limit)] = (now, reply["pages"][f"{part}/{kind}"])
-                self._trim(self._pages)
-            return reply
+    def _refresh(self, pages: list[tuple[str, str, int, int]], changed: float) -> None:
+        """Fetch the snapshot and ``pages`` for changes taken at ``changed`` (monotonic), no sooner
+        than CACHE_S after the last fetch; a snapshot fetch begun since already shows them."""
+        while True:
+            with self._fetching:
+                if not pages and self._fetch_started >= changed:
+                    return
+                wait = self._fetched_at + CACHE_S - time.monotonic()
+                if wait <= 0:
+                    self._fetch(pages)
+                    return
+            time.sleep(wait)
+
+    def _fetch(self, pages: list[tuple[str, str, int, int]]) -> None:
+        """One status op (the caller holds ``_fetching``): the snapshot and ``pages`` (one per
+        part/kind), cached."""
+        self._fetch_started = time.monotonic()
+        reply = self._client.request(Op.STATUS, events=1, timeout=10, pages=[
+            {"part": p, "kind": k, "offset": o, "limit": n} for p, k, o, n in pages])
+        now = time.monotonic()
+        with self._lock:
+            self._fetched_at = now
+            self._snapshot = reply["state"]
+            for part, kind, offset, limit in pages:
+                self._pages[(part, kind, offset, limit)] = (now, reply["pages"][f"{part}/{kind}"])
+            self._trim(self._pages)
 
     @staticmethod
     def _trim(cache: dict[Any, tuple[float, Any]]) -> None:
@@ -338,11 +353,8 @@ class LiveSource:
         if self.connected and time.monotonic() - self._fetched_at >= CACHE_S:
             try:
                 with self._fetching:  # whoever waited here finds it fresh
-                    if time.monotonic() - self._fetched_at < CACHE_S:
-                        return self._snapshot
-                    reply = self._client.request(Op.STATUS, events=1, timeout=10)
-                    with self._lock:
-                        self._fetched_at, self._snapshot = time.monotonic(), reply["state"]
+                    if time.monotonic() - self._fetched_at >= CACHE_S:
+                        self._fetch([])
             except TorchrtError as e:
                 logger.debug("monitor: status from %s failed: %s", self.endpoint, e)
         return self._snapshot

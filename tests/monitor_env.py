@@ -26,7 +26,6 @@ fixture that makes one per test session (import it into a test module to use it)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

@@ -297,6 +297,25 @@ def test_the_rank_strip_is_keyboard_usable(live: Live, page, console: list[str])
     assert console == []
 
 
+def test_with_a_token_the_login_form_lets_the_pages_in(live: Live, page, console: list[str]) -> None:
+    token = "browser-test-token-7c1e"
+    app = create_app(LiveSource(live.job.endpoint, run_dir=live.job.run_dir), MonitorOptions(token=token))
+    with MonitorServer(app) as server:
+        page.goto(server.url + "/tasks")
+        page.wait_for_url(re.compile(r"/login\?next="), timeout=WAIT_MS)
+        page.fill("#token", "not-the-token")
+        page.click("button[type='submit']")
+        page.wait_for_selector(".error-text", timeout=WAIT_MS)
+        assert token not in page.content() and "not-the-token" not in page.content()
+        shot(page, "login")
+        page.fill("#token", token)
+        page.click("button[type='submit']")
+        page.wait_for_url(re.compile(r"/tasks$"), timeout=WAIT_MS)
+        page.wait_for_selector(PAGES["tasks"], timeout=WAIT_MS)
+        page.wait_for_selector("#conn.live", timeout=WAIT_MS)  # the websocket got in with the cookie too
+    assert [e for e in console if "401" not in e] == []  # only the browser's note of the refused try
+
+
 def _luminance(rgb: str) -> float:
     r, g, b = (int(v) / 255 for v in re.findall(r"\d+", rgb)[:3])
     lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b)]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import torchrt
-from torchrt.contract import EventType, Role
+from torchrt.contract import EventType, Op, Role
 from torchrt.coordinator import CoordinatorClient
 from torchrt.data import ShardedPipeline
 from torchrt.data.sources import ArraySource
@@ -380,6 +380,80 @@ def test_live_and_replayed_rows_agree_once_workers_stop_however_they_ended():
     rows = live.page("workers", "workers")["items"]
     assert rows[0]["step"] == 60 and rows[0]["loss"] == 14.0  # its very last figures
     assert rows[1]["step"] == 44  # killed: what the record holds
+
+
+# ------------------------------------------------------------ the alert thresholds a user sets
+def test_stall_and_straggler_thresholds_from_a_yaml_config_reach_the_coordinators_rules(coordinator, tmp_path,
+                                                                                      monkeypatch):
+    """YAML -> torchrt run's torchrun command line -> torchrun's own parser -> the handler's strict
+    options -> the job description of the node's hello -> the coordinator's rules: the job's record
+    says what they are, and a rank that stops stepping is stalled after the configured 0.5 s."""
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    from launch.runner import torchrun_argv
+    from torchrt.config import load_config
+    from torchrt.rendezvous.options import RendezvousOptions
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else config_from_args sets it in this process
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "job.yaml").write_text("job: {name: job}\nentrypoint: {script: train.py}\n"
+                                       "rendezvous: {straggler_ratio: 2, straggler_reports: 3, stall_timeout: 0.5}\n")
+    argv = torchrun_argv(load_config(tmp_path / "job.yaml", ["rendezvous.recover_ratio=1.5"]))
+    launch, _, _ = config_from_args(get_args_parser().parse_args(argv[3:]))
+    options = RendezvousOptions.from_params(RendezvousParameters(
+        backend=launch.rdzv_backend, endpoint=coordinator.endpoint, run_id=launch.run_id, min_nodes=1, max_nodes=1,
+        **launch.rdzv_configs))  # exactly how torchrun builds them
+    node = CoordinatorClient(coordinator.endpoint, role=Role.NODE, run_id="job", hello={
+        "node_id": "n0", "job": options.job(1, 1), "info": {"hostname": "localhost", "addr": "127.0.0.1", "nproc": 1,
+                                                           "device_kind": "cpu", "device_count": 0}})
+    node.connect(timeout=10)
+    client = CoordinatorClient(coordinator.endpoint, role=Role.WORKER, run_id="job", hello={"info": {
+        "rank": 0, "local_rank": 0, "world_size": 1, "local_world_size": 1, "node_id": "n0",
+        "round": form_round(node), "pid": os.getpid(), "backend": "gloo"}})
+    try:
+        client.connect(timeout=10)
+        [configured] = [e for e in coordinator.events.recent(0) if e["type"] == EventType.JOB_CONFIGURED]
+        alerts = configured["alerts"]
+        assert (alerts["straggler_ratio"], alerts["straggler_reports"], alerts["recover_ratio"]) == (2.0, 3, 1.5)
+        assert (alerts["stall_floor_s"], alerts["stall_factor"]) == (0.5, 10.0)  # one given, one the default
+        assert coordinator.read_view(lambda view: view.snapshot()["run"]["settings"]["alerts"]) == alerts
+        client.request(Op.TELEMETRY, events=[{"type": EventType.STEP_PROGRESS, "step": 1, "steps": 1,
+                                              "step_ms": 10.0}], timeout=10)
+        stalled = wait_until(lambda: [e for e in coordinator.events.recent(0) if e["type"] == EventType.RANK_STALLED],
+                             timeout=10, what="rank 0 stalled after 0.5 s without a step")
+        assert stalled[0]["rank"] == 0 and stalled[0]["threshold_s"] == 0.5
+    finally:
+        client.close()
+        node.close()
+
+
+def test_alert_thresholds_that_contradict_each_other_are_refused_naming_the_key(tmp_path):
+    from torch.distributed.elastic.rendezvous import RendezvousParameters
+
+    from torchrt.config import ConfigError, load_config
+    from torchrt.errors import RendezvousConfigError
+    from torchrt.rendezvous.options import RendezvousOptions
+
+    def rdzv_conf(**conf: str) -> RendezvousOptions:
+        return RendezvousOptions.from_params(RendezvousParameters(backend="torchrt", endpoint="127.0.0.1:1",
+                                                                  run_id="r", min_nodes=1, max_nodes=1, **conf))
+
+    assert rdzv_conf(stall_timeout="120", straggler_reports="10").job(1, 1)["alerts"] == \
+        {"stall_floor_s": 120.0, "straggler_reports": 10}
+    with pytest.raises(RendezvousConfigError, match=r"--rdzv-conf recover_ratio: expected a number <= "
+                                                    r"straggler_ratio \(1.5\), got 1.6"):
+        rdzv_conf(recover_ratio="1.6")
+    with pytest.raises(RendezvousConfigError, match=r"--rdzv-conf stall_timeout: expected a number > 0"):
+        rdzv_conf(stall_timeout="0")
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    (tmp_path / "job.yaml").write_text("job: {name: job}\nentrypoint: {script: train.py}\n"
+                                       "rendezvous: {straggler_ratio: 1.2}\n")
+    with pytest.raises(ConfigError, match=r"job.yaml: rendezvous.straggler_ratio: expected a number >= "
+                                          r"rendezvous.recover_ratio \(1.25\), got 1.2"):
+        load_config(tmp_path / "job.yaml")
+    with pytest.raises(ConfigError, match=r"rendezvous.straggler_reports \(from --set\): expected an integer >= 1"):
+        load_config(tmp_path / "job.yaml", ["rendezvous.straggler_ratio=3", "rendezvous.straggler_reports=0"])
 
 
 # ------------------------------------------------------------ a real job

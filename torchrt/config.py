@@ -49,10 +49,11 @@ from torchrt.contract import DEFAULT_HOST, DEFAULT_PORT, Env
 from torchrt.data.errors import DataConfigError
 from torchrt.data.spec import DataSpec, parse_data_section
 from torchrt.errors import FieldError
-from torchrt.rendezvous.options import RendezvousOptions, heartbeat_timeout_check
+from torchrt.rendezvous.options import ALERT_KEYS, RendezvousOptions, check_alert_ratios, heartbeat_timeout_check
 from torchrt.tokens import resolve_token
 from torchrt.validation import (Check, Endpoint, Integer, Number, Text, TextList, TextMap, checks_of, missing_key,
                                 setting, show, unknown_key)
+from torchrt.view.alerts import AlertSettings
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ _RDZV = RendezvousOptions()  # the rendezvous section's defaults are the handler
 _RDZV_CHECKS = checks_of(RendezvousOptions)  # ... and so are its checks
 _PLAIN = Text(plain=True)  # a string that travels in torchrun's --rdzv-conf k=v,k=v
 _PLAIN_OR_NULL = Text(plain=True, optional=True)
+
+
+def _alert_default(key: str) -> str:
+    """What the coordinator uses for an alert threshold the config leaves unset (docs/config.md)."""
+    return f"`{getattr(AlertSettings(), ALERT_KEYS[key]):g}`"
 
 
 def _check(cls: type, key: str) -> Check:
@@ -239,6 +245,21 @@ class RendezvousSection:
     is_host: bool | None = setting(None, _RDZV_CHECKS["is_host"],
                                    doc="may this host start the coordinator? null: yes when `endpoint` names "
                                        "this host")
+    straggler_ratio: float | None = setting(None, _RDZV_CHECKS["straggler_ratio"], default_doc=_alert_default("straggler_ratio"),
+                                            doc="a rank whose step time is above this times the other ranks' "
+                                                "median is straggling (at least `recover_ratio`)")
+    straggler_reports: int | None = setting(None, _RDZV_CHECKS["straggler_reports"], default_doc=_alert_default("straggler_reports"),
+                                            doc="... in this many of its step reports (about one a second) in a row")
+    recover_ratio: float | None = setting(None, _RDZV_CHECKS["recover_ratio"], default_doc=_alert_default("recover_ratio"),
+                                          doc="a straggling rank recovers at or below this ratio (at most "
+                                              "`straggler_ratio`)")
+    stall_timeout: float | None = setting(None, _RDZV_CHECKS["stall_timeout"], default_doc=_alert_default("stall_timeout"),
+                                          doc="seconds without step progress before a rank is stalled (its "
+                                              "stacks are dumped), at least: a slow loop gets `stall_factor` "
+                                              "times its typical step time when that is longer")
+    stall_factor: float | None = setting(None, _RDZV_CHECKS["stall_factor"], default_doc=_alert_default("stall_factor"),
+                                         doc="a stalled rank has made no step progress for this many times its typical "
+                                             "step time, or `stall_timeout` if that is longer")
 
     @classmethod
     def parse(cls, s: Section) -> RendezvousSection:
@@ -255,10 +276,15 @@ class RendezvousSection:
         timings = {key: s.value(key, _check(cls, key), getattr(cls, key))
                    for key in ("last_call_timeout", "rejoin_timeout", "join_timeout", "heartbeat_interval")}
         check = heartbeat_timeout_check(timings["heartbeat_interval"], bound=f"{s.name}.heartbeat_interval")
+        alerts = {key: s.value(key, _check(cls, key)) for key in ALERT_KEYS}
+        try:
+            check_alert_ratios(alerts["straggler_ratio"], alerts["recover_ratio"], prefix=f"{s.name}.")
+        except FieldError as e:
+            raise s.reraise(e) from None
         return cls(endpoint=s.value("endpoint", _check(cls, "endpoint"), cls.endpoint), token=token,
                    token_file=token_file, backend=s.value("backend", _check(cls, "backend"), cls.backend), **timings,
                    heartbeat_timeout=s.value("heartbeat_timeout", check, cls.heartbeat_timeout),
-                   is_host=s.value("is_host", _check(cls, "is_host")))
+                   is_host=s.value("is_host", _check(cls, "is_host")), **alerts)
 
     def resolved_token(self) -> str | None:
         """The job's token: ``token``, else ``token_file``'s, else the environment's

@@ -118,6 +118,10 @@ class Observation:
         assert isinstance(workers, WorkersFold)
         return workers.running(rank)
 
+    def use_alerts(self, settings: AlertSettings) -> None:
+        """The job's straggler and stall thresholds (its first node's hello configured it)."""
+        self.alerts.settings = settings
+
     def _decided(self, type: EventType, **fields: Any) -> None:
         """A decision of the alert rules: recorded; a stalled rank's stacks are taken."""
         self.events.emit(type, **fields)

@@ -534,15 +534,18 @@ class Coordinator:
                 join_timeout=float(job.get("join_timeout", JOB_DEFAULTS.join_timeout)),
                 backend=str(job.get("backend", JOB_DEFAULTS.backend)),
             )
-        except (KeyError, TypeError, ValueError) as e:
+            # the thresholds the job's settings give (--rdzv-conf, YAML) over the coordinator's own
+            alerts = dataclasses.replace(self.config.alerts, **dict(job.get("alerts") or {}))
+        except (KeyError, TypeError, ValueError) as e:  # a FieldError of the alert settings is a ValueError
             raise _Rejected(Code.PROTOCOL, f"bad job description {job!r}: {e}") from None
         self.heartbeat_timeout = float(job.get("heartbeat_timeout", JOB_DEFAULTS.heartbeat_timeout))
         self._job = job
+        self.observed.use_alerts(alerts)
         previous = self.events.previous
         self.membership = Membership(settings, self.events.emit,
                                      previous_round=previous.last_round if previous else 0)
         self.events.emit(EventType.JOB_CONFIGURED, run_id=self.run_id, heartbeat_timeout=self.heartbeat_timeout,
-                         **dataclasses.asdict(settings))
+                         **dataclasses.asdict(settings), alerts=dataclasses.asdict(alerts))
 
     def _check_job(self, node_id: str, job: dict[str, Any]) -> None:
         assert self._job is not None

@@ -25,6 +25,17 @@ so a command line written for ``--rdzv-backend=c10d`` works unchanged:
 so the secret does not show in ``ps``. ``node_stats_interval`` is how often the
 handler samples its machine and worker processes for the job view (seconds;
 0: never, as for many simulated nodes in one process).
+
+The straggler and stall thresholds of the coordinator's alert rules
+(:mod:`torchrt.view.alerts`) are job settings too (:data:`ALERT_KEYS`):
+``straggler_ratio`` (a rank is straggling above this times the other ranks'
+median step time), ``straggler_reports`` (for that many reports in a row),
+``recover_ratio`` (at most ``straggler_ratio``: it recovers at or below it),
+``stall_timeout`` (seconds without step progress before a rank is stalled, at
+least; a slow loop gets ``stall_factor`` times its typical step time when that
+is longer). Unset, the coordinator's defaults apply; set, they travel in the
+job description of the node's hello (:meth:`RendezvousOptions.job`), so they
+reach the coordinator whoever started it.
 """
 
 from __future__ import annotations
@@ -41,10 +52,11 @@ from torchrt.contract import JOB_DEFAULTS, Env
 from torchrt.errors import FieldError, RendezvousConfigError
 from torchrt.tokens import resolve_token
 from torchrt.validation import Boolean, Check, Choice, Endpoint, Integer, Number, Text, check_fields, checks_of, setting
+from torchrt.view.alerts import AlertSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "RendezvousOptions", "heartbeat_timeout_check"]
+__all__ = ["ALERT_KEYS", "BACKENDS", "RendezvousOptions", "check_alert_ratios", "heartbeat_timeout_check"]
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -58,12 +70,26 @@ _NO_EFFECT: dict[str, tuple[Check, str]] = {
     "store_type": (Choice(("tcp", "file")), "the coordinator serves the job's store over TCP"),
 }
 _KEEP_ALIVE_MAX_ATTEMPT = Integer(ge=2)
+# the alert rules' thresholds a user sets: option key -> torchrt.view.alerts.AlertSettings field
+ALERT_KEYS = {"straggler_ratio": "straggler_ratio", "straggler_reports": "straggler_reports",
+              "recover_ratio": "recover_ratio", "stall_timeout": "stall_floor_s", "stall_factor": "stall_factor"}
 _logged_no_effect: set[str] = set()
 
 
 def heartbeat_timeout_check(interval: float, bound: str = "heartbeat_interval") -> Check:
     """The check of ``heartbeat_timeout`` once ``heartbeat_interval`` is known: it must exceed it."""
     return Number(gt=interval, bound=bound)
+
+
+def check_alert_ratios(straggler: float | None, recover: float | None, prefix: str = "") -> None:
+    """A rank must recover at or below the ratio that makes it a straggler; an unset ratio is the
+    coordinator's default. Raises FieldError naming the key (``prefix``: ``rendezvous.`` in YAML)."""
+    defaults = AlertSettings()
+    if recover is not None:
+        Number(le=defaults.straggler_ratio if straggler is None else straggler,
+               bound=f"{prefix}straggler_ratio")("recover_ratio", recover)
+    elif straggler is not None:
+        Number(ge=defaults.recover_ratio, bound=f"{prefix}recover_ratio")("straggler_ratio", straggler)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +109,18 @@ class RendezvousOptions:
     heartbeat_timeout: float = setting(JOB_DEFAULTS.heartbeat_timeout, Number(gt=0))
     connect_timeout: float = setting(60.0, Number(gt=0))
     node_stats_interval: float = setting(1.0, Number(ge=0))
+    # the alert rules' thresholds (ALERT_KEYS); None: the coordinator's default
+    straggler_ratio: float | None = setting(None, Number(gt=1, optional=True))
+    straggler_reports: int | None = setting(None, Integer(ge=1, optional=True))
+    recover_ratio: float | None = setting(None, Number(ge=1, optional=True))
+    stall_timeout: float | None = setting(None, Number(gt=0, optional=True))
+    stall_factor: float | None = setting(None, Number(gt=0, optional=True))
 
     def __post_init__(self) -> None:
         try:
             check_fields(self)
             heartbeat_timeout_check(self.heartbeat_interval)("heartbeat_timeout", self.heartbeat_timeout)
+            check_alert_ratios(self.straggler_ratio, self.recover_ratio)
         except FieldError as e:
             raise RendezvousConfigError.like(e) from None
 
@@ -136,7 +169,9 @@ class RendezvousOptions:
         return {"min_nodes": min_nodes, "max_nodes": max_nodes,
                 "last_call_timeout": self.last_call_timeout, "rejoin_timeout": self.rejoin_timeout,
                 "join_timeout": self.join_timeout, "backend": self.pg_backend,
-                "heartbeat_timeout": self.heartbeat_timeout}
+                "heartbeat_timeout": self.heartbeat_timeout,
+                "alerts": {field: value for key, field in ALERT_KEYS.items()
+                           if (value := getattr(self, key)) is not None}}
 
 
 def _native_names(config: dict[str, Any]) -> dict[str, Any]:

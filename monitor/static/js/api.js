@@ -6,7 +6,6 @@
 
 const BASE = "/api/v1";
 let replayAt = null;
-let bearer = null;
 
 export class ApiError extends Error {
   constructor(message, status, key = null) {
@@ -21,15 +20,12 @@ export class ApiError extends Error {
 export const getAt = () => replayAt;
 export function setAt(ts) { replayAt = typeof ts === "number" && Number.isFinite(ts) ? ts : null; }
 
-/** A token typed on a page (Stacks) for actions: sent as a bearer header on POSTs. */
-export function setBearer(token) { bearer = token || null; }
-
-function url(path, params = {}, withAt = true) {
+function url(path, params = {}, atTime = true) {
   const query = new URLSearchParams();
   for (const [k, v] of Object.entries(params)) {
     if (v !== null && v !== undefined && v !== "") query.set(k, String(v));
   }
-  if (withAt && replayAt !== null && !query.has("at")) query.set("at", replayAt.toFixed(3));
+  if (atTime && replayAt !== null && !query.has("at")) query.set("at", replayAt.toFixed(3));
   const q = query.toString();
   return `${BASE}${path}${q ? `?${q}` : ""}`;
 }
@@ -46,17 +42,16 @@ async function answer(response) {
 }
 
 /** GET `/api/v1<path>?params` (plus `at` while replaying) as JSON. */
-export async function getJSON(path, params = {}, { signal, withAt = true } = {}) {
-  const response = await fetch(url(path, params, withAt), { headers: { Accept: "application/json" },
+export async function getJSON(path, params = {}, { signal, atTime = true } = {}) {
+  const response = await fetch(url(path, params, atTime), { headers: { Accept: "application/json" },
     credentials: "same-origin", signal });
   if (response.status === 401) goLogin();
   return answer(response);
 }
 
-/** POST a JSON body (actions: they need the token when the monitor has one). */
+/** POST a JSON body (actions: with a token set, the login cookie carries it). */
 export async function postJSON(path, body) {
   const headers = { "Content-Type": "application/json", Accept: "application/json" };
-  if (bearer) headers.Authorization = `Bearer ${bearer}`;
   const response = await fetch(url(path, {}, false), { method: "POST", headers, body: JSON.stringify(body),
     credentials: "same-origin" });
   return answer(response);

@@ -6,11 +6,13 @@
 //    `at=` and renders again. The time is kept in the address (?at=) and on the navigation links, so
 //    going to another page keeps the moment.
 // spec: {wants(): [{part, kind, offset, limit}], render(view), refresh?(view, force): Promise}.
-// view: {mode, snapshot, pages: Map(key -> page), events (new since the last render), now, at, span,
-//        first (the first render)}; `now` is the coordinator's clock (live: the snapshot's written_at;
+// view: {mode, snapshot, pages: Map(key -> page), events (new since the last render), missed (events the
+//        server coalesced away since: read the log again), now, at, span, first (a render after a (re)load:
+//        refresh everything)}; `now` is the coordinator's clock (live: the snapshot's written_at;
 //        replay: the slider's time), so "3 s ago" never depends on the browser's clock.
 // A page asks for a re-read with `ctl.rewant()` (it paged, it changed a filter) or a re-render with
-// `ctl.rerender()`.
+// `ctl.rerender()`. Once the first data (the snapshot, the pages and what `refresh` reads) is drawn,
+// `document.body.dataset.rendered` is "1" (what benchmarks and tests wait for).
 
 import { ApiError, getAt, getJSON, getPage, pageKey, setAt } from "./api.js";
 import { $, fill } from "./dom.js";
@@ -41,19 +43,26 @@ function setConn(state, text) {
 
 /** Throttled REST reads of a page: `poll.run(fn, force)` runs fn when `ms` passed since the last run
  *  (or when forced, e.g. the replay time moved), never two at once; a forced run asked for while one is
- *  under way runs right after it. */
+ *  under way runs right after it, and a run asked for too soon runs once the interval is over. */
 export class Poll {
   constructor(ms) {
     this.ms = ms;
     this.last = 0;
     this.busy = false;
     this.again = false;
+    this.trailing = null;
   }
 
   /** True when fn ran (and did not fail). */
   async run(fn, force = false) {
     if (this.busy) { this.again = this.again || force; return false; }
-    if (!force && performance.now() - this.last < this.ms) return false;
+    const wait = this.ms - (performance.now() - this.last);
+    if (!force && wait > 0) {
+      if (!this.trailing) this.trailing = setTimeout(() => { this.trailing = null; this.run(fn); }, wait);
+      return false;
+    }
+    clearTimeout(this.trailing);
+    this.trailing = null;
     this.busy = true;
     this.last = performance.now();
     try {
@@ -77,22 +86,23 @@ export function report(error) {
   else { banner(`This page failed: ${error}`); console.error(error); }
 }
 
+/** `path` (a local path, maybe with a query) with the replay time the page shows, if any. */
+export function withAt(path, at = getAt()) {
+  const target = new URL(path, location.href);
+  if (at === null) target.searchParams.delete("at"); else target.searchParams.set("at", at.toFixed(3));
+  return target.pathname + target.search + target.hash;
+}
+
 function updateNavLinks(at) {
-  for (const link of document.querySelectorAll("a[data-nav], a.keep-at")) {
-    const target = new URL(link.getAttribute("href"), location.href);
-    if (at === null) target.searchParams.delete("at"); else target.searchParams.set("at", at.toFixed(3));
-    link.setAttribute("href", target.pathname + target.search);
-  }
-  const here = new URL(location.href);
-  if (at === null) here.searchParams.delete("at"); else here.searchParams.set("at", at.toFixed(3));
-  history.replaceState(null, "", here.pathname + here.search + here.hash);
+  for (const link of document.querySelectorAll("a[data-nav], a.keep-at")) link.setAttribute("href", withAt(link.getAttribute("href"), at));
+  history.replaceState(null, "", withAt(location.pathname + location.search + location.hash, at));
 }
 
 async function fillTensorBoardLink() {
   const link = $("#nav-tensorboard");
   if (!link || link.getAttribute("aria-disabled") !== "true") return;
   try {
-    const settings = await getJSON("/settings", {}, { withAt: false });
+    const settings = await getJSON("/settings", {}, { atTime: false });
     if (settings && settings.tensorboard_url) {
       link.href = settings.tensorboard_url;
       link.removeAttribute("aria-disabled");
@@ -105,8 +115,10 @@ async function fillTensorBoardLink() {
 
 /** Start a page (see the module docstring); returns its controller. */
 export function startPage(spec) {
-  const view = { mode: null, snapshot: null, pages: new Map(), events: [], now: null, at: null, span: [null, null],
-                 first: true };
+  const view = { mode: null, snapshot: null, pages: new Map(), events: [], missed: 0, now: null, at: null,
+                 span: [null, null], first: true };
+  let markRendered = false;
+  let marking = false;
   let socket = null;
   let renderQueued = false;
   let lastRender = 0;
@@ -121,11 +133,20 @@ export function startPage(spec) {
     header(view);
     try {
       spec.render(view);
-      if (spec.refresh) spec.refresh(view, view.first).catch(report);
+      if (markRendered) document.body.dataset.rendered = "1";
+      // replaying, nothing changes but the time: the page reads again only when it moved
+      const reading = spec.refresh && (view.first || view.mode !== "replay") ? spec.refresh(view, view.first) : null;
+      if (!markRendered && !marking) { // the next render after the first reads is the first complete one
+        marking = true;
+        const done = () => { markRendered = true; rerender(); };
+        Promise.resolve(reading).then(done, done);
+      }
+      if (reading) reading.catch(report);
     } catch (error) {
       report(error);
     }
     view.events = [];
+    view.missed = 0;
     view.first = false;
     // a page whose wants follow the snapshot (the newest rounds) asks again when they moved
     if (spec.wants && JSON.stringify(spec.wants(view)) !== sentWants) ctl.rewant();
@@ -200,6 +221,7 @@ export function startPage(spec) {
           if (typeof msg.ts === "number") view.span = [view.span[0] ?? msg.ts, msg.ts];
           for (const [key, page] of Object.entries(msg.pages || {})) view.pages.set(key, page);
           if (Array.isArray(msg.events)) view.events.push(...msg.events);
+          if (msg.events_missed) view.missed += msg.events_missed;
           rerender();
         },
       }).start();

@@ -48,7 +48,7 @@ document.getElementById("tb-embed").addEventListener("click", async (event) => {
   const button = event.currentTarget;
   const frame = document.getElementById("tb-frame");
   if (frame.firstChild) { fill(frame); button.textContent = "Show TensorBoard here"; return; }
-  const settings = await getJSON("/settings", {}, { withAt: false });
+  const settings = await getJSON("/settings", {}, { atTime: false });
   if (!settings.tensorboard_url) {
     fill(frame, el("p", { class: "empty" }, "TensorBoard is not running for this monitor."));
     return;

@@ -18,17 +18,10 @@ const ctl = startPage({
   refresh: (view, force) => previews.poll.run(async () => {
     const names = Object.keys(view.snapshot.datasets || {});
     const answers = await Promise.all(names.map((name) => getJSON(`/datasets/${encodeURIComponent(name)}/previews`)));
-    names.forEach((name, i) => previews.byName.set(name, rowsOf(answers[i])));
+    names.forEach((name, i) => previews.byName.set(name, answers[i].items || []));
     ctl.rerender();
   }, force),
 });
-
-function rowsOf(answer) {
-  if (Array.isArray(answer)) return answer;
-  if (answer && Array.isArray(answer.items)) return answer.items;
-  if (answer && answer.previews) return Object.entries(answer.previews).map(([rank, p]) => ({ rank: Number(rank), ...p }));
-  return [];
-}
 
 function render(view) {
   const datasets = view.snapshot.datasets || {};
@@ -54,7 +47,7 @@ function datasetPanel(d, view) {
   return el("section", { class: "panel", "aria-label": `dataset ${d.name}`, "data-dataset": d.name },
     el("div", { class: "panel-head" }, el("h2", {}, d.name), el("span", { class: "tag info" }, d.kind || "dataset")),
     el("div", { class: "cards" },
-      card("Size", int(d.size), `${int(d.shards)} shard${d.shards === 1 ? "" : "s"}`),
+      card("Size", int(d.size), typeof d.shards === "number" ? `${int(d.shards)} shard${d.shards === 1 ? "" : "s"}` : "samples"),
       card("Epoch", int(d.epoch), `position ${int(d.position)}`),
       card("Consumed this epoch", int(d.samples_in_epoch), `by ${int(d.ranks)} ranks`),
       card("Read rate", num(timing.samples_per_s), `samples/s · ${int(timing.ranks)} ranks timed`),

@@ -1,6 +1,7 @@
 // Logs: the run's event log (GET /api/v1/events: newest first, filtered by level, type, node, rank and
 // text on the server, paged with `before`), errors standing out. Live tail: when the websocket brings
-// new events and the newest page is shown, the page is read again (at most twice a second). The filters
+// new events and the newest page is shown, the page is read again at once (one read at a time, the
+// server filters as for any query, so the tail and the filters always agree). The filters
 // live in the address (?level=error&rank=3), so other pages link to a filtered log.
 
 import { getAllRows, getJSON } from "../api.js";
@@ -71,7 +72,7 @@ const ctl = startPage({
   wants: () => [],
   render,
   async refresh(view, force) {
-    const fresh = view.events.length > 0 && tail.checked && before === null && view.mode === "live";
+    const fresh = (view.events.length > 0 || view.missed > 0) && tail.checked && before === null && view.mode === "live";
     await Promise.all([
       poll.run(query, force || fresh),
       nodes.run(async () => {
@@ -85,8 +86,8 @@ const ctl = startPage({
 function details(e) {
   const rest = Object.entries(e).filter(([k]) => !ENVELOPE.has(k));
   const line = rest.map(([k, v]) => `${k}=${brief(v, 80)}`).join("  ");
-  if (line.length <= 140) return line;
-  return el("details", { class: "row-detail" }, el("summary", { "data-key": `ev-${e.seq}` }, brief(line, 140)),
+  if (line.length <= 110) return line;
+  return el("details", { class: "row-detail" }, el("summary", { "data-key": `ev-${e.seq}` }, brief(line, 110)),
     el("pre", { class: "stack" }, JSON.stringify(Object.fromEntries(rest), null, 2)));
 }
 

@@ -5,10 +5,11 @@
 
 import { getAllRows, getJSON } from "../api.js";
 import { card, el, fill, pager, stateChip, table } from "../dom.js";
+import { inFlight } from "../checkpoints.js";
 import { Directory, STATUS_COLOR, STATUS_ORDER, lastProgress, workerStatus } from "../directory.js";
 import { ago, bytes, clock, int, mbps, ms, num, pct, rate, us } from "../format.js";
 import { HeatStrip } from "../heatstrip.js";
-import { Poll, startPage } from "../shell.js";
+import { Poll, startPage, withAt } from "../shell.js";
 import { Timeline } from "../timeline.js";
 
 const LIMIT = 16;
@@ -25,11 +26,6 @@ const strip = new HeatStrip(document.getElementById("strip"), {
 const lanes = new Timeline(document.getElementById("timeline"), {
   onPick: (item) => { if (ctl.view.jump) ctl.view.jump(item.ts); },
 });
-
-function withAt(path) {
-  const at = new URL(location.href).searchParams.get("at");
-  return at ? `${path}${path.includes("?") ? "&" : "?"}at=${at}` : path;
-}
 
 for (const button of document.querySelectorAll("#color-by button")) {
   button.addEventListener("click", () => {
@@ -49,8 +45,8 @@ const ctl = startPage({
       dir.refresh(force).then((ran) => ran && ctl.rerender()),
       allRows.poll.run(async () => { allRows.rows = await getAllRows("workers", "workers"); ctl.rerender(); }, force),
       timeline.poll.run(async () => {
-        const answer = await getJSON("/timeline");
-        timeline.items = Array.isArray(answer) ? answer : answer.items || [];
+        // the whole run, with the replay cursor at `at`
+        timeline.items = (await getJSON("/timeline", {}, { atTime: false })).items || [];
         ctl.rerender();
       }, force || view.events.length > 0 && performance.now() - timeline.poll.last > 1000),
     ]);
@@ -74,6 +70,7 @@ function renderCards(s) {
   const nodes = (rdzv.nodes || {}).by_status || {};
   const alerts = (w.alerts || {}).counts || {};
   const ck = s.checkpoints || {};
+  const saving = inFlight(ck);
   const lastCommit = (ck.committed || []).at(-1);
   const machines = s.machines || {};
   const barriers = ((s.barriers || {}).names || []).slice().sort((a, b) => (b.last_at || 0) - (a.last_at || 0));
@@ -101,11 +98,11 @@ function renderCards(s) {
       slowest ? `median · slowest rank ${slowest.rank}: ${ms(slowest.step_ms)}` : "median"),
     card("Checkpoint write", lastCommit ? mbps(lastCommit.mb_s) : "–",
       ck.latest_step !== null && ck.latest_step !== undefined
-        ? `durable step ${ck.latest_step}${lastCommit ? ` · ${bytes(lastCommit.bytes)}` : ""}${(ck.saving || []).length ? " · saving" : ""}`
-        : (ck.saving || []).length ? "saving the first" : "none yet",
+        ? `durable step ${ck.latest_step}${lastCommit ? ` · ${bytes(lastCommit.bytes)}` : ""}${saving.length ? " · saving" : ""}`
+        : saving.length ? "saving the first" : "none yet",
       ck.problems_total ? "warn" : null),
-    card("Barrier p50 / max", barrier ? `${us(barrier.p50_us)} / ${us(barrier.max_us)}` : "–",
-      barrier ? `${barrier.name} · worst ${us(barrier.worst_us)}` : "no barrier reported"),
+    card("Barrier p50", barrier ? us(barrier.p50_us) : "–",
+      barrier ? `max ${us(barrier.max_us)} · worst ${us(barrier.worst_us)} · ${barrier.name}` : "no barrier reported"),
     card("Round", rdzv.current ? `#${rdzv.current.round}` : "–",
       pending ? `forming #${pending.round}: ${pending.reason || ""}` : rdzv.current
         ? `${rdzv.current.world_size} nodes · ${rdzv.rounds_total} formed${rdzv.closed ? " · closed" : ""}` : "no round yet",
@@ -180,7 +177,7 @@ function renderAlerts(view) {
   const openList = items.length ? el("ul", {}, items) : el("p", { class: "empty" }, "No open alerts.");
   const recentTable = table([
     { label: "Time", cell: (e) => clock(e.ts) },
-    { label: "Type", cell: (e) => el("span", { class: `tag ${/error|failed|dead/.test(e.type) ? "err" : "warn"}` }, e.type) },
+    { label: "Type", cell: (e) => el("span", { class: `tag ${/error|failed|dead|stalled|timeout/.test(e.type) ? "err" : "warn"}` }, e.type) },
     { label: "What", cell: (e) => e.error || e.message || e.reason || e.detail || (e.rank !== undefined ? `rank ${e.rank}` : e.node || "") },
   ], recent.slice(0, 6), { empty: "Nothing has gone wrong." });
   fill(document.getElementById("alerts"), el("h3", {}, "Open"), openList, el("h3", {}, "Recent problems"), recentTable);

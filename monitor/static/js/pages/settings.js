@@ -18,7 +18,7 @@ const ctl = startPage({
   wants: () => [],
   render,
   refresh: (view, force) => poll.run(async () => {
-    settings = await getJSON("/settings", {}, { withAt: false });
+    settings = await getJSON("/settings", {}, { atTime: false });
     ctl.rerender();
   }, force),
 });

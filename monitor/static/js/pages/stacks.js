@@ -16,8 +16,7 @@ const ctl = startPage({
   wants: () => [],
   render,
   refresh: (view, force) => earlier.poll.run(async () => {
-    const answer = await getJSON("/stacks");
-    earlier.rows = Array.isArray(answer) ? answer : answer.items || [];
+    earlier.rows = (await getJSON("/stacks")).items || [];
     ctl.rerender();
   }, force || view.events.some((e) => e.type === "stacks_dumped")),
 });
@@ -42,7 +41,7 @@ async function take(rank) {
   try {
     showDump(await postJSON("/stacks", { rank }));
     earlier.poll.run(async () => {
-      earlier.rows = (await getJSON("/stacks")) || [];
+      earlier.rows = (await getJSON("/stacks")).items || [];
       ctl.rerender();
     }, true);
   } catch (error) {
@@ -59,7 +58,7 @@ async function take(rank) {
 
 async function open(request) {
   try {
-    showDump(await getJSON(`/stacks/${encodeURIComponent(request)}`, {}, { withAt: false }));
+    showDump(await getJSON(`/stacks/${encodeURIComponent(request)}`, {}, { atTime: false }));
   } catch (error) { report(error); }
 }
 
