@@ -160,3 +160,19 @@ def test_backend_is_nccl_only_when_every_node_has_cuda():
     m2.connect("a", {"addr": "x", "device_kind": "cuda", "device_count": 8}, 0.0)
     m2.join("a", 1, 0.0)
     assert m2.poll(0.0).backend == "nccl"
+
+
+@pytest.mark.parametrize("nodes, expected", [
+    # each node: (hostname, device_count, nproc)
+    ([("h1", 8, 8), ("h2", 8, 4)], "nccl"),
+    ([("h1", 1, 2)], "gloo"),                  # two workers would share one GPU
+    ([("h1", 8, 2), ("h1", 8, 2)], "gloo"),    # two agents on one host: both would take cuda:0 and cuda:1
+    ([("h1", 2, None), ("h2", 2, None)], "nccl"),  # nproc unknown (not a torchrun agent): one device is enough
+])
+def test_auto_backend_is_nccl_only_when_every_worker_gets_a_gpu_of_its_own(nodes, expected):
+    m, _ = make(min_nodes=len(nodes), max_nodes=len(nodes))
+    for i, (host, count, nproc) in enumerate(nodes):
+        m.connect(f"n{i}", {"addr": f"10.0.0.{i}", "hostname": host, "device_kind": "cuda", "device_count": count,
+                            "nproc": nproc}, 0.0)
+        m.join(f"n{i}", 1, 0.0)
+    assert m.poll(0.0).backend == expected

@@ -357,9 +357,7 @@ class Membership:
         if self.backend is None:
             wanted = self.settings.backend
             if wanted == "auto":
-                all_cuda = all(n.info.get("device_kind") == "cuda" and n.info.get("device_count", 0) > 0
-                               for n in chosen)
-                wanted = "nccl" if all_cuda else "gloo"
+                wanted = "nccl" if _every_worker_has_a_gpu(chosen) else "gloo"
             self.backend = wanted
         return self.backend
 
@@ -409,3 +407,19 @@ def _public_info(info: dict[str, Any]) -> dict[str, Any]:
 
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
+
+
+def _every_worker_has_a_gpu(chosen: list[Node]) -> bool:
+    """Whether NCCL can give every worker a CUDA device of its own: every node has CUDA with at least
+    as many devices as it starts workers (``nproc``; one when unknown), and no two nodes share a host
+    (each agent numbers its workers' devices from ``cuda:0``)."""
+    hosts = [n.info.get("hostname") for n in chosen]
+    if None not in hosts and len(set(hosts)) < len(hosts):
+        return False
+    return all(n.info.get("device_kind") == "cuda" and _count(n.info.get("device_count"), 0) >=
+               _count(n.info.get("nproc"), 1) for n in chosen)
+
+
+def _count(value: object, default: int) -> int:
+    """A count a node said in its hello, or ``default`` when it said none (or not a number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
