@@ -27,14 +27,18 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
+from monitor.api import api_blueprint
 from monitor.auth import Gate
 from monitor.errors import NotFoundError, NotLiveError, QueryError
+from monitor.live import Broadcaster, register_websocket
+from monitor.prom import metrics_view
 from monitor.sources import ViewSource
 from torchrt.view.series import LEVELS, Series
 
@@ -67,7 +71,7 @@ class Monitor:
     source: ViewSource
     options: MonitorOptions
     gate: Gate
-    broadcaster: Any = field(default=None)  # monitor.live.Broadcaster
+    broadcaster: Broadcaster
 
 
 class RequestRate:
@@ -142,21 +146,17 @@ class _AppSource:
 
 def create_app(source: ViewSource, options: MonitorOptions | None = None) -> Flask:
     """The monitor app over ``source`` (see the module docstring)."""
-    from monitor.api import api_blueprint
-    from monitor.live import Broadcaster, register_websocket
-    from monitor.prom import metrics_view
-
     options = options or MonitorOptions()
-    app = Flask("monitor", root_path=__file__.rsplit("/", 1)[0])
+    app = Flask("monitor", root_path=str(Path(__file__).parent))
     app.json.sort_keys = False
     requests = RequestRate()
     source = _AppSource(source, options, requests)
-    monitor = Monitor(source=source, options=options, gate=Gate(options.token))
+    monitor = Monitor(source=source, options=options, gate=Gate(options.token),
+                      broadcaster=Broadcaster(source, interval_s=options.update_interval_s))
     app.extensions[EXTENSION] = monitor
     app.before_request(lambda: requests.count(time.time()))
     app.before_request(monitor.gate.check)
     app.register_blueprint(api_blueprint(source))
-    monitor.broadcaster = Broadcaster(source, interval_s=options.update_interval_s)
     register_websocket(app, monitor.broadcaster)
     app.add_url_rule("/metrics", "metrics", metrics_view(source))
     _add_pages(app, monitor)

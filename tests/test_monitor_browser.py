@@ -10,8 +10,10 @@ loopback port. Replay: the run directory of such a job after it ended (the sessi
 Each page must render the job's data with no console error; a live update must reach the DOM
 (over the page's websocket, without a reload); the charts must draw points; the Logs filters must
 narrow the log; the replay slider must show the job as of the time it is moved to; one click on
-Stacks must give the ranks' stacks grouped. The tests save a screenshot of each page from the real
-run to docs/screenshots/ (the README shows them).
+Stacks must give the ranks' stacks grouped; with a token, the login form must let the pages (and
+their websocket) in; the strip of ranks must work from the keyboard; text must keep its contrast in
+light and dark. The tests save a screenshot of each page from the real run to docs/screenshots/
+(the README shows them).
 """
 
 from __future__ import annotations

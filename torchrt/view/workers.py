@@ -60,10 +60,8 @@ _ALERTS = frozenset({EventType.RANK_STRAGGLING, EventType.RANK_STALLED})
 _NO_PROGRESS: dict[str, Any] = dict.fromkeys(PROGRESS) | {"reported_at": None}
 
 
-def _progress_of(report: Event | None) -> dict[str, Any]:
-    """A row's progress fields from its rank's last step report (None: it has none)."""
-    if report is None:
-        return _NO_PROGRESS
+def _progress_of(report: Event) -> dict[str, Any]:
+    """A row's progress fields from its rank's last step report."""
     get = report.get
     return {key: get(key) for key in PROGRESS} | {"reported_at": get("ts")}
 
