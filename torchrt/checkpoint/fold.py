@@ -27,6 +27,7 @@ __all__ = ["CheckpointFold"]
 Event = dict[str, Any]
 SHOWN = 5          # committed checkpoints, problems and restores in the snapshot
 KEEP_SAVING = 4    # steps in flight tracked at once (older ones are dropped from the list)
+KEEP_SETTLED = 64  # committed or failed steps remembered, so that a late shard report does not reopen one
 _SERIES = {
     EventType.CHECKPOINT_COMMITTED: ("total_s", "commit_s", "mb_s", "bytes"),
     EventType.CHECKPOINT_SAVED: ("stall_s", "write_s", "mb_s"),
@@ -49,6 +50,9 @@ class CheckpointFold:
         self.committed_total = 0
         self.problems_total = 0
         self.saving: dict[int, dict[str, Any]] = {}
+        # steps committed or failed since the last restore: a shard's report that comes in after
+        # its step was settled (rank 0 committed as soon as every shard was durable) is not a new save
+        self._settled: dict[int, None] = {}
 
     def apply(self, event: Event) -> bool:
         kind = event.get("type")
@@ -61,19 +65,29 @@ class CheckpointFold:
         elif kind == EventType.CHECKPOINT_COMMITTED:
             self.committed.append(fields)
             self.committed_total += 1
-            self.saving.pop(step, None)  # type: ignore[arg-type]
+            self._settle(step)
         elif kind in (EventType.CHECKPOINT_FAILED, EventType.CHECKPOINT_SKIPPED):
             self.problems.append({"kind": kind.removeprefix("checkpoint_"), **fields})
             self.problems_total += 1
             if kind == EventType.CHECKPOINT_FAILED:
-                self.saving.pop(step, None)  # type: ignore[arg-type]
+                self._settle(step)
         elif kind == EventType.CHECKPOINT_RESTORED:
             self.restored.append(fields)
+            self._settled.clear()  # the job went back: the steps after the restored one are saved anew
         else:
             return False
         return True
 
+    def _settle(self, step: Any) -> None:
+        self.saving.pop(step, None)
+        if isinstance(step, int):
+            self._settled[step] = None
+            while len(self._settled) > KEEP_SETTLED:
+                del self._settled[next(iter(self._settled))]
+
     def _saved(self, step: int, event: Event) -> None:
+        if step in self._settled:
+            return
         entry = self.saving.get(step)
         if entry is None:
             entry = self.saving[step] = {"step": step, "ranks": 0, "bytes": 0, "world_size": event.get("world_size"),

@@ -4,7 +4,6 @@
 // rank's write throughput. Lists come a page at a time, newest first.
 
 import { getSeries, pageKey } from "../api.js";
-import { inFlight } from "../checkpoints.js";
 import { TimeChart, columns } from "../charts.js";
 import { card, el, fill, pager, progress, stateChip, table } from "../dom.js";
 import { ago, brief, bytes, clock, int, mbps, seconds } from "../format.js";
@@ -42,7 +41,7 @@ const ctl = startPage({
 function render(view) {
   const ck = view.snapshot.checkpoints || {};
   const last = (ck.committed || []).at(-1);
-  const saving = inFlight(ck);
+  const saving = ck.saving || [];
   fill(document.getElementById("cards"),
     card("Last durable step", ck.latest_step ?? "–", last ? `committed ${ago(last.ts, view.now)}` : "nothing committed yet"),
     card("Committed", int(ck.committed_total), last ? `last ${bytes(last.bytes)} in ${seconds(last.total_s)}` : ""),

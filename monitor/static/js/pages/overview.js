@@ -5,7 +5,6 @@
 
 import { getAllRows, getJSON } from "../api.js";
 import { card, el, fill, pager, stateChip, table } from "../dom.js";
-import { inFlight } from "../checkpoints.js";
 import { Directory, STATUS_COLOR, STATUS_ORDER, lastProgress, workerStatus } from "../directory.js";
 import { ago, bytes, clock, int, mbps, ms, num, pct, rate, us } from "../format.js";
 import { HeatStrip } from "../heatstrip.js";
@@ -70,7 +69,7 @@ function renderCards(s) {
   const nodes = (rdzv.nodes || {}).by_status || {};
   const alerts = (w.alerts || {}).counts || {};
   const ck = s.checkpoints || {};
-  const saving = inFlight(ck);
+  const saving = ck.saving || [];
   const lastCommit = (ck.committed || []).at(-1);
   const machines = s.machines || {};
   const barriers = ((s.barriers || {}).names || []).slice().sort((a, b) => (b.last_at || 0) - (a.last_at || 0));
