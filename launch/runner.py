@@ -167,7 +167,7 @@ def _announce_monitor(described: Path, coordinator: subprocess.Popen[bytes]) -> 
             except (OSError, ValueError):
                 url = None
             if url:
-                print(f"torchrt: monitor at {url}", flush=True)
+                print(f"torchrt monitor at {url}", flush=True)
                 return
             time.sleep(0.1)
 

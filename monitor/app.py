@@ -122,15 +122,23 @@ class _AppSource:
         self._source = source
         self._options = options
         self._requests = requests
+        self._last: tuple[dict[str, Any], list[float] | None, dict[str, Any]] | None = None
 
     def settings(self) -> dict[str, Any]:
         return {**self._source.settings(), **self._options.urls()}
 
     def snapshot(self, at: float | None = None) -> dict[str, Any]:
-        snapshot = self._source.snapshot(at)
-        series = {**snapshot.get("series", {}), self.PART: {
-            "folded": 0, "last": {f"{self.SUBJECT}/{self.MEASURE}": self._requests.last()}}}
-        return {**snapshot, "series": series}
+        """The source's snapshot with the monitor's series; the same object while neither changed
+        (what a cache keyed by the snapshot can rely on)."""
+        snapshot, rate = self._source.snapshot(at), self._requests.last()
+        last = self._last
+        if last is not None and last[0] is snapshot and last[1] == rate:
+            return last[2]
+        series = {**snapshot.get("series", {}), self.PART: {"folded": 0, "last": {
+            f"{self.SUBJECT}/{self.MEASURE}": rate}}}
+        served = {**snapshot, "series": series}
+        self._last = (snapshot, rate, served)
+        return served
 
     def points(self, part: str, subject: str, measure: str = "", level: int = 0,
                at: float | None = None) -> dict[str, Any]:
@@ -176,7 +184,9 @@ def _secure_headers(response: Response, options: MonitorOptions) -> Response:
         f"default-src 'self'; img-src 'self' data:; connect-src 'self'; {frame}object-src 'none'; "
         "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # same-origin, not no-referrer: with no-referrer Chromium posts the login form with `Origin: null`,
+    # which the cross-site check (monitor/auth.py) must refuse
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     if not request.path.startswith("/static/"):
         response.headers.setdefault("Cache-Control", "no-store")
     return response

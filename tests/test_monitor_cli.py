@@ -115,8 +115,10 @@ def test_coordinator_starts_its_monitor_and_records_its_url(tmp_path: Path) -> N
         assert json.loads((run_dir / "coordinator.json").read_text())["monitor_url"] == url
         settings = get_json(url + "/api/v1/settings")
         assert settings["monitor_url"] == url and settings["run_id"] == "with-monitor"
-        snapshot = get_json(url + "/api/v1/snapshot")["snapshot"]
-        assert snapshot["coordinator"]["monitor_url"] == url  # what `torchrt status --json` shows too
+        # The coordinator's own state says so too (what `torchrt status --json` shows), once the
+        # monitor's cached snapshot (at most 100 ms old) is refreshed.
+        wait_until(lambda: get_json(url + "/api/v1/snapshot")["snapshot"]["coordinator"]["monitor_url"] == url, 10,
+                   "the coordinator's state to carry the monitor's URL")
         monitor = psutil.Process(coordinator.pid).children(recursive=True)
         assert monitor and all(p.status() != psutil.STATUS_ZOMBIE for p in monitor)
     finally:
@@ -151,7 +153,7 @@ def test_run_prints_the_monitor_url_records_it_and_takes_it_down_with_the_job(tm
     runner = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tree: list[psutil.Process] = []
     try:
-        url = serving_url(runner, "torchrt: monitor at ")
+        url = serving_url(runner, "torchrt monitor at ")
         assert json.loads((tmp_path / "run" / "coordinator.json").read_text())["monitor_url"] == url
         wait_until(lambda: get_json(url + "/api/v1/snapshot")["snapshot"]["workers"]["by_state"].get("running") == 2,
                    START_S, "the monitor to show the job's two workers")
