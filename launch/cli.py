@@ -119,6 +119,9 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     from torchrt.coordinator.run_dir import ensure_writable
     from torchrt.protocol import parse_endpoint
 
+    from launch.demo import start_demo_if_asked
+
+    args.bind = args.bind or args.address
     host, port = parse_endpoint(args.bind or _default_endpoint())
     token = _token(args)
     runs_dir = Path(os.environ.get(Env.RUNS_DIR) or "torchrt_runs")
@@ -133,6 +136,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     print(f"torchrt coordinator listening on {coordinator.endpoint} "
           f"(store port {coordinator.store_port}, run dir {run_dir})", flush=True)
     interrupted = False
+    demo = None  # DEMO_MODE's job: its nodes are stopped first, or a drain would wait for them to finish
 
     def on_sigint(_signum: int, _frame: object) -> None:
         nonlocal interrupted
@@ -140,14 +144,24 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
             coordinator.stop_soon("interrupted twice (SIGINT)")
         else:
             interrupted = True
+            if demo is not None:
+                demo.terminate()
             coordinator.drain("interrupted (SIGINT)")
 
+    def on_sigterm(_signum: int, _frame: object) -> None:
+        if demo is not None:
+            demo.terminate()
+        coordinator.stop_soon("terminated (SIGTERM)")
+
     signal.signal(signal.SIGINT, on_sigint)
-    signal.signal(signal.SIGTERM, lambda *_: coordinator.stop_soon("terminated (SIGTERM)"))
+    signal.signal(signal.SIGTERM, on_sigterm)
     if args.owner_pid is not None:
         watch_owner(args.owner_pid, lambda: coordinator.drain(f"its owner (pid {args.owner_pid}) exited"))
     monitor = _start_monitor(coordinator, token, run_dir) if args.monitor else None
+    demo = start_demo_if_asked(coordinator.endpoint, run_dir, args.run_id)
     coordinator.wait()
+    if demo is not None:
+        demo.stop()
     coordinator.stop()
     if monitor is not None and monitor.poll() is None:
         monitor.terminate()  # it would also go by itself: it watches this process
@@ -232,8 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_no_monitor(run)
     run.set_defaults(func=_cmd_run)
 
-    coord = sub.add_parser("coordinator", help="run a standalone coordinator")
-    coord.add_argument("--bind", type=_endpoint, default=None, metavar="HOST:PORT",
+    coord = sub.add_parser("coordinator", help="run a standalone coordinator (DEMO_MODE=true: and the demo job)")
+    where = coord.add_mutually_exclusive_group()
+    where.add_argument("address", nargs="?", type=_endpoint, default=None, metavar="HOST:PORT",
+                       help="where to listen (the same as --bind)")
+    where.add_argument("--bind", type=_endpoint, default=None, metavar="HOST:PORT",
                        help=f"default: {default_endpoint}")
     coord.add_argument("--run-dir", default=None, help="default: $TORCHRT_RUNS_DIR (torchrt_runs)/RUN_ID")
     coord.add_argument("--run-id", type=_run_id, default=None,
