@@ -220,8 +220,12 @@ def _default_endpoint() -> str:
 
 
 def _add_no_monitor(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-monitor", dest="monitor", action="store_false",
-                        help="do not start the web monitor (default: start it and print its URL)")
+    from torchrt.contract import Env
+
+    off = os.environ.get(Env.MONITOR, "").strip().lower() in ("off", "0", "false", "no")
+    parser.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=not off,
+                        help=f"start the web monitor and print its URL (default: on; {Env.MONITOR}=off turns the "
+                             "default off)")
 
 
 def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:

@@ -175,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
               flush=True)
         coordinator = subprocess.Popen(
             [sys.executable, "-m", "launch.cli", "coordinator", "--bind", endpoint, "--run-dir", str(run_dir),
-             "--run-id", run_id, "--owner-pid", str(os.getpid()), *([] if args.monitor else ["--no-monitor"])],
+             "--run-id", run_id, "--owner-pid", str(os.getpid()), "--monitor" if args.monitor else "--no-monitor"],
             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
         if not _wait_for_coordinator(endpoint, coordinator):
             print(f"torchrt: the demo's coordinator at {endpoint} did not start (is the port taken? "

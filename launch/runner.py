@@ -98,7 +98,7 @@ def coordinator_argv(config: JobConfig, owner_pid: int | None = None, monitor: b
     owner = ["--owner-pid", str(owner_pid)] if owner_pid is not None else []
     return [sys.executable, "-m", "launch.cli", "coordinator", "--bind", config.rendezvous.endpoint,
             "--run-dir", config.job.run_dir, "--run-id", config.job.run_id, *owner,
-            *([] if monitor else ["--no-monitor"])]
+            "--monitor" if monitor else "--no-monitor"]
 
 
 def agent_argv(config: JobConfig, is_host: bool | None, owner_pid: int) -> list[str]:

@@ -6,10 +6,15 @@ import os
 
 import pytest
 
+from torchrt.contract import Env
 from torchrt.coordinator import Coordinator, CoordinatorConfig
 from torchrt.telemetry import set_reporter
 
 from tests.helpers import RecordingReporter
+
+# `torchrt run` / `torchrt coordinator` in the tests start no monitor (and no TensorBoard) unless a test
+# asks for one (`--monitor`, or its own environment without this): they cost CPU seconds each.
+os.environ[Env.MONITOR] = "off"
 
 
 @pytest.fixture(autouse=True)

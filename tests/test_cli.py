@@ -184,3 +184,30 @@ def test_run_trains_checkpoints_and_resumes_at_another_world_size(tmp_path):
     kinds = [e["type"] for e in events(run_dir)]
     assert {"dataset_registered", "checkpoint_committed", "checkpoint_restored"} <= set(kinds)
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*")), "loss and checkpoint scalars"
+
+
+@pytest.mark.parametrize("setting, argv, starts", [
+    (None, [], True),                     # the default: run and coordinator start their monitor
+    ("off", [], False),                   # TORCHRT_MONITOR=off turns the default off ...
+    ("off", ["--monitor"], True),         # ... which --monitor overrides
+    (None, ["--no-monitor"], False),
+])
+def test_whether_run_and_coordinator_start_a_monitor(monkeypatch, setting, argv, starts):
+    from launch.cli import build_parser
+    from torchrt.contract import Env
+
+    monkeypatch.delenv(Env.MONITOR, raising=False)
+    if setting is not None:
+        monkeypatch.setenv(Env.MONITOR, setting)
+    parser = build_parser()
+    assert parser.parse_args(["run", "job.yaml", *argv]).monitor is starts
+    assert parser.parse_args(["coordinator", *argv]).monitor is starts
+
+
+def test_the_runner_tells_its_coordinator_whether_to_start_a_monitor_whatever_the_environment():
+    from launch.runner import coordinator_argv
+    from torchrt.config import load_config
+
+    config = load_config(REPO / "configs" / "allreduce.yaml")
+    assert coordinator_argv(config, monitor=True)[-1] == "--monitor"
+    assert coordinator_argv(config, monitor=False)[-1] == "--no-monitor"

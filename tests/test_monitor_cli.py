@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from launch.monitor import SERVING
+from torchrt.contract import Env
 from tests.agents import REPO
 from tests.helpers import free_port, wait_until
 from tests.monitor_env import RANKS, finished_run_dir  # noqa: F401 (a fixture)
@@ -27,6 +28,10 @@ from tests.monitor_env import RANKS, finished_run_dir  # noqa: F401 (a fixture)
 TORCHRT = [sys.executable, "-m", "launch.cli"]
 ALLREDUCE = REPO / "configs" / "allreduce.yaml"
 START_S = 60  # a monitor process imports torch, flask and gunicorn: seconds on a busy machine
+
+
+# the user's environment: the suite turns the monitor's default off (tests/conftest.py), these tests check the default
+DEFAULT_ENV = {k: v for k, v in os.environ.items() if k != Env.MONITOR}
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -108,7 +113,7 @@ def test_coordinator_starts_its_monitor_and_records_its_url(tmp_path: Path) -> N
     run_dir = tmp_path / "run"
     coordinator = subprocess.Popen([*TORCHRT, "coordinator", "--bind", f"127.0.0.1:{free_port()}", "--run-dir",
                                     str(run_dir), "--run-id", "with-monitor"], cwd=REPO, stdout=subprocess.PIPE,
-                                   text=True)
+                                   text=True, env=DEFAULT_ENV)
     monitor: list[psutil.Process] = []
     try:
         url = serving_url(coordinator, "torchrt monitor at ")
@@ -145,7 +150,7 @@ def run_argv(tmp_path: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
     results.mkdir()
     return ([*TORCHRT, "run", str(ALLREDUCE), "--set", f"rendezvous.endpoint=127.0.0.1:{free_port()}",
              "--set", f"job.run_dir={tmp_path / 'run'}", "--set", "nodes.max=1", *extra],
-            {**os.environ, "RESULT_DIR": str(results), "STEPS": "100000", "STEP_SECONDS": "0.05"})
+            {**DEFAULT_ENV, "RESULT_DIR": str(results), "STEPS": "100000", "STEP_SECONDS": "0.05"})
 
 
 def test_run_prints_the_monitor_url_records_it_and_takes_it_down_with_the_job(tmp_path: Path) -> None:

@@ -183,6 +183,7 @@ class Env:
     TOKEN_FILE = "TORCHRT_TOKEN_FILE"
     RUNS_DIR = "TORCHRT_RUNS_DIR"
     LOG_LEVEL = "TORCHRT_LOG_LEVEL"
+    MONITOR = "TORCHRT_MONITOR"
     # exported by `torchrt run` so workers read the same config
     CONFIG = "TORCHRT_CONFIG"
     CONFIG_SET = "TORCHRT_CONFIG_SET"
@@ -204,6 +205,7 @@ ENV_DOCS: dict[str, str] = {
     Env.TOKEN_FILE: "a file holding the job's shared secret (user -> CLI and handler)",
     Env.RUNS_DIR: "where run directories go by default (user)",
     Env.LOG_LEVEL: "log level of the torchrt CLI (user)",
+    Env.MONITOR: "`off`: `torchrt run` and `torchrt coordinator` start no monitor unless given --monitor (user)",
     Env.CONFIG: "the YAML config `torchrt run` started the job with (runner -> workers)",
     Env.CONFIG_SET: "its --set overrides as a JSON list (runner -> workers)",
     Env.CHECKPOINT_TEST_HANG: "test hook: stage at which a checkpoint writer hangs",
