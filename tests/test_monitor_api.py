@@ -32,6 +32,8 @@ from tests.helpers import events as logged_events
 from tests.helpers import wait_until
 from tests.monitor_env import RANKS, LiveJob, finished_run_dir  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.xdist_group("monitor")  # one session run for the monitor tests (tests/monitor_env.py)
+
 TOKEN = "tok-9f3a-SECRET-never-shown"
 API = "/api/v1"
 

@@ -34,15 +34,14 @@ from torchrt.contract import EventType
 from tests.helpers import events as logged_events
 from tests.monitor_env import RANKS, LiveJob, finished_run_dir  # noqa: F401 (a fixture)
 
-pytest.importorskip("pytest_playwright")
-
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # what `make test` installs (Makefile: browser)
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                "--disable-component-update", "--disable-sync"]
 SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 WAIT_MS = 30_000  # two cores shared by a job, the monitor and the browser
 
-pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no Chromium at {CHROMIUM}")
+# with the other tests of the session's finished run, on one xdist worker (`--dist loadgroup`): one run for all
+pytestmark = pytest.mark.xdist_group("monitor")
 
 # What each page shows once it has drawn the job's data (live).
 PAGES = {

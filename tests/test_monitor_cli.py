@@ -25,6 +25,8 @@ from tests.agents import REPO
 from tests.helpers import free_port, wait_until
 from tests.monitor_env import RANKS, finished_run_dir  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.xdist_group("monitor")  # one session run for the monitor tests (tests/monitor_env.py)
+
 TORCHRT = [sys.executable, "-m", "launch.cli"]
 ALLREDUCE = REPO / "configs" / "allreduce.yaml"
 START_S = 60  # a monitor process imports torch, flask and gunicorn: seconds on a busy machine
