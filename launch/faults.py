@@ -11,8 +11,11 @@ to run. The faults (:class:`torchrt.config.DemoFaults`):
                  included) for ``seconds``, then SIGCONT it: the node's heartbeats and the
                  job's collectives stall, then go on. The helper runs in a session of its own
                  (``python -m launch.faults``) and resumes the node early when it is told to stop.
-``slow_rank``    the worker of ``rank`` sleeps ``delay`` more seconds in each step from
-                 ``from_step`` to ``until_step``: a straggler.
+``slow_rank``    the worker of ``rank`` gets its data ``delay`` seconds late in each step from
+                 ``from_step`` to ``until_step``: a rank with a slow loader, the straggler of
+                 data-parallel training (the sleep counts as the step's data wait, as torchrt.data
+                 counts a pipeline that delivers late; the others wait for it in the collectives,
+                 and the alert rules flag it on its ``data_wait_ms``).
 
 ``kill_worker`` and ``stop_node`` fire once per *job*: the first rank to reach one adds 1 to a
 counter in the coordinator's store (:func:`torchrt.contract.demo_fault_key`), which lives
@@ -55,7 +58,10 @@ class FaultInjector:
         """Inject what is due before ``step`` (may not return: ``kill_worker``)."""
         slow = self.faults.slow_rank
         if slow and slow.rank == self.rank and slow.from_step <= step <= (slow.until_step or step):
+            from torchrt.telemetry.steps import note_wait
+
             time.sleep(slow.delay)
+            note_wait("data", slow.delay)
         stop = self.faults.stop_node
         if stop and stop.rank == self.rank and stop.step == step and self._first("stop_node"):
             self._stop_node(stop.seconds, step)

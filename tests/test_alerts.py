@@ -51,8 +51,8 @@ def test_a_slow_rank_is_flagged_after_five_slow_reports_with_its_ratio_and_clear
     assert not job.events  # four slow reports: not yet
     job.second()
     [alert] = job.of(EventType.RANK_STRAGGLING)
-    assert alert == {"type": EventType.RANK_STRAGGLING, "rank": 3, "node_id": "n3", "ratio": 3.0, "step_ms": 300.0,
-                     "median_ms": 100.0, "reports": 5, "measure": "step_ms"}
+    assert alert == {"type": EventType.RANK_STRAGGLING, "rank": 3, "node_id": "n3", "ratio": 3.0, "value_ms": 300.0,
+                     "median_ms": 100.0, "step_ms": 300.0, "reports": 5, "measure": "step_ms"}
     for _ in range(10):
         job.second()
     assert len(job.of(EventType.RANK_STRAGGLING)) == 1  # raised once, not every report
@@ -158,11 +158,11 @@ def test_malformed_reports_are_ignored():
     assert not job.alerts.report(0, {"step": "ten"}, 1.0)
     assert not job.alerts.report(0, {"step": True}, 1.0)
     assert job.alerts.report(0, {"step": 1, "step_ms": "slow"}, 1.0)  # a step, with no usable time
-    assert job.alerts.ranks[0].value is None
+    assert job.alerts.ranks[0].values == {}
 
 
 def test_the_rules_can_judge_busy_time_instead_of_step_time():
-    job = Job(4, measure="busy_ms")
+    job = Job(4, measures=("busy_ms",))
     job.second()
     for _ in range(6):
         job.now += 1.0
@@ -171,6 +171,36 @@ def test_the_rules_can_judge_busy_time_instead_of_step_time():
                               job.now)
         job.alerts.tick(job.now)
     assert [e["rank"] for e in job.of(EventType.RANK_STRAGGLING)] == [0]
+
+
+def lock_step(job: Job, seconds: int, data_wait_ms: dict[int, float], step_ms: float = 350.0) -> None:
+    """Ranks in lock-step (equal step times, the collectives see to it) with per-rank data waits."""
+    for _ in range(seconds):
+        job.now += 1.0
+        for rank in job.steps:
+            job.steps[rank] += 3
+            job.alerts.report(rank, {"step": job.steps[rank], "step_ms": step_ms, "node_id": f"n{rank}",
+                                     "data_wait_ms": data_wait_ms.get(rank, 1.0)}, job.now)
+        job.alerts.tick(job.now)
+
+
+def test_in_lock_step_a_rank_that_waits_for_its_data_is_the_straggler_and_clears_when_its_loader_recovers():
+    job = Job(4)
+    lock_step(job, 6, {2: 250.0})  # rank 2's loader is slow; the others wait for it in all_reduce
+    [alert] = job.of(EventType.RANK_STRAGGLING)
+    assert alert["rank"] == 2 and alert["measure"] == "data_wait_ms" and alert["value_ms"] == 250.0
+    assert alert["median_ms"] == 1.0 and alert["ratio"] == 250.0
+    lock_step(job, 3, {})
+    [recovered] = job.of(EventType.RANK_RECOVERED)
+    assert recovered["rank"] == 2 and recovered["was"] == EventType.RANK_STRAGGLING
+
+
+def test_a_data_wait_small_against_the_step_is_no_alert_however_large_its_ratio():
+    job = Job(4)
+    lock_step(job, 10, {1: 30.0}, step_ms=350.0)  # 30x the others' wait, but 8% of the step
+    assert not job.of(EventType.RANK_STRAGGLING)
+    lock_step(job, 10, {1: 30.0, 0: 0.0, 2: 0.0, 3: 0.0}, step_ms=350.0)  # the others do not wait at all
+    assert not job.of(EventType.RANK_STRAGGLING)
 
 
 @pytest.mark.parametrize(("settings", "message"), [

@@ -9,18 +9,24 @@ calls :meth:`~RankAlerts.tick` on its housekeeping tick; the clock is passed in
 Decisions come out through ``emit(type, **fields)`` as coordinator events, which
 are logged, so a replayed view shows the same alerts without running the rules.
 
-* **Straggler.** A rank whose step time (the report's ``step_ms``, the window's
-  mean; :attr:`AlertSettings.measure`) is above ``straggler_ratio`` (1.5) times
-  the median of the *other* ranks for ``straggler_reports`` (5) reports in a
-  row gets ``rank_straggling`` with the ratio; once it is at or below
-  ``recover_ratio`` (1.25) for ``recover_reports`` (3) reports in a row it gets
-  ``rank_recovered`` (the gap between the two ratios keeps a rank near the
-  line from flapping). The median is of the others, so that with two ranks a
-  rank three times slower is three times the median, not 1.5 times. The others'
-  values are their latest reports no older than ``fresh_s`` (10 s), sorted once
-  per :meth:`~RankAlerts.tick` (at most every ``evaluate_every_s``); a report
-  then costs a binary search, so a thousand ranks reporting every second cost
-  the coordinator a sort of a thousand numbers a second.
+* **Straggler.** Each report is judged on every measure of
+  :attr:`AlertSettings.measures`: the step time (``step_ms``, the window's
+  mean) and the time it waited for data (``data_wait_ms``). A measure is *slow*
+  when it is above ``straggler_ratio`` (1.5) times the median of the *other*
+  ranks' values of it and that excess is at least ``excess_share`` (0.2) of the
+  rank's step time (so that 2 ms of data wait against 0.5 ms is no alert in a
+  100 ms step). A rank slow on some measure for ``straggler_reports`` (5)
+  reports in a row gets ``rank_straggling`` naming that measure and its ratio;
+  once every measure is *fine* (at or below ``recover_ratio``, 1.25, or an
+  excess under half the share) for ``recover_reports`` (3) reports in a row it
+  gets ``rank_recovered`` (the gap between the two thresholds keeps a rank near
+  the line from flapping). The median is of the others, so that with two ranks
+  a rank three times slower is three times the median, not 1.5 times. The
+  others' values are their latest reports no older than ``fresh_s`` (10 s),
+  sorted once per :meth:`~RankAlerts.tick` (at most every
+  ``evaluate_every_s``); a report then costs a binary search per measure, so a
+  thousand ranks reporting every second cost the coordinator a sort of a
+  thousand numbers per measure a second.
 * **Stall.** A rank whose step number has not advanced for longer than its
   threshold gets ``rank_stalled`` (the coordinator then takes its stacks). The
   threshold is ``max(stall_floor_s, stall_factor x median of its last
@@ -33,10 +39,10 @@ A worker that stops (or a new incarnation of its rank that starts) ends its
 rank's alerts without an event: the ``worker_stopped`` / ``worker_started``
 record says why, and :class:`~torchrt.view.workers.WorkersFold` clears them.
 
-In lock-step data-parallel training the collectives make every rank's step
-time equal: a slow rank then slows the whole job rather than standing out,
-and the per-rank waits of the step reports (``data_wait_ms``, ...) in the
-workers' table are what point at it.
+Why the data wait: in lock-step data-parallel training the collectives make
+every rank's step time equal, so a rank whose loader is slow slows the whole
+job rather than standing out in ``step_ms``; what stands out is that it
+waits for its data while the others wait for it in the collective.
 
 **The record** (:class:`AlertsFold`): the problem events the coordinator and
 the workers record (an internal error, a run directory that could not be
@@ -49,6 +55,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 import statistics
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -80,14 +87,16 @@ class AlertSettings:
     recent_steps: int = 8
     fresh_s: float = 10.0
     evaluate_every_s: float = 1.0
-    measure: str = "step_ms"
+    measures: tuple[str, ...] = ("step_ms", "data_wait_ms")
+    excess_share: float = 0.2
 
     def __post_init__(self) -> None:
         checks = (("straggler_ratio", self.straggler_ratio > 1), ("recover_ratio", self.recover_ratio >= 1),
                   ("straggler_reports", self.straggler_reports >= 1), ("recover_reports", self.recover_reports >= 1),
                   ("stall_floor_s", self.stall_floor_s > 0), ("stall_factor", self.stall_factor > 0),
                   ("recent_steps", self.recent_steps >= 1), ("fresh_s", self.fresh_s > 0),
-                  ("evaluate_every_s", self.evaluate_every_s >= 0))
+                  ("evaluate_every_s", self.evaluate_every_s >= 0),
+                  ("excess_share", 0 <= self.excess_share < 1), ("measures", len(self.measures) >= 1))
         for key, ok in checks:
             if not ok:
                 raise FieldError(f"alerts: {key} = {getattr(self, key)!r} is out of range", key=f"alerts.{key}",
@@ -99,7 +108,7 @@ class AlertSettings:
 
 
 class _Rank:
-    __slots__ = ("node_id", "step", "advanced_at", "reported_at", "value", "recent", "slow", "fine",
+    __slots__ = ("node_id", "step", "advanced_at", "reported_at", "values", "recent", "slow", "fine",
                  "straggling_since", "stalled_since")
 
     def __init__(self, node_id: Any, now: float, recent: int) -> None:
@@ -107,7 +116,7 @@ class _Rank:
         self.step: int | None = None
         self.advanced_at = now        # when its step number last changed
         self.reported_at = now
-        self.value: float | None = None  # its latest measure (ms)
+        self.values: dict[str, float] = {}  # its latest value of each measure (ms)
         self.recent: deque[float] = deque(maxlen=recent)
         self.slow = 0                 # reports in a row above straggler_ratio
         self.fine = 0                 # reports in a row at or below recover_ratio, while straggling
@@ -122,8 +131,9 @@ class RankAlerts:
         self.settings = settings
         self.emit = emit
         self.ranks: dict[int, _Rank] = {}
-        self._sorted: list[float] = []        # the fresh ranks' values at the last evaluation
-        self._counted: dict[int, float] = {}  # rank -> its value in _sorted
+        # per measure: the fresh ranks' values at the last evaluation, sorted, and rank -> its value there
+        self._sorted: dict[str, list[float]] = {}
+        self._counted: dict[str, dict[int, float]] = {}
         self._evaluated_at: float | None = None
 
     # ------------------------------------------------------------------ inputs
@@ -153,10 +163,10 @@ class RankAlerts:
         step_ms = number(fields.get("step_ms"))
         if step_ms is not None:
             state.recent.append(step_ms)
-        value = number(fields.get(settings.measure))
-        if value is not None:
-            state.value = value
-            self._judge(rank, state, value, now)
+        values = {m: v for m in settings.measures if (v := number(fields.get(m))) is not None}
+        if values:
+            state.values.update(values)
+            self._judge(rank, state, values, step_ms, now)
         return True
 
     def tick(self, now: float) -> None:
@@ -165,9 +175,9 @@ class RankAlerts:
         if self._evaluated_at is not None and now - self._evaluated_at < settings.evaluate_every_s:
             return
         self._evaluated_at = now
-        self._counted = {rank: s.value for rank, s in self.ranks.items()
-                         if s.value is not None and now - s.reported_at <= settings.fresh_s}
-        self._sorted = sorted(self._counted.values())
+        fresh = [(rank, s.values) for rank, s in self.ranks.items() if now - s.reported_at <= settings.fresh_s]
+        self._counted = {m: {rank: values[m] for rank, values in fresh if m in values} for m in settings.measures}
+        self._sorted = {m: sorted(counted.values()) for m, counted in self._counted.items()}
         for rank, state in self.ranks.items():
             if state.stalled_since is not None:
                 continue
@@ -184,31 +194,43 @@ class RankAlerts:
         typical_s = statistics.median(state.recent) / 1000.0 if state.recent else 0.0
         return max(settings.stall_floor_s, settings.stall_factor * typical_s)
 
-    def others_median(self, rank: int) -> float | None:
-        """The median of the other ranks' values at the last evaluation (None: no other rank)."""
-        values = self._sorted
-        mine = self._counted.get(rank)
+    def others_median(self, rank: int, measure: str = "step_ms") -> float | None:
+        """The median of the other ranks' values of ``measure`` at the last evaluation (None: no other rank)."""
+        values = self._sorted.get(measure, [])
+        mine = self._counted.get(measure, {}).get(rank)
         if mine is None:
             return _median(values, None) if values else None
         if len(values) < 2:
             return None
         return _median(values, bisect.bisect_left(values, mine))
 
-    def _judge(self, rank: int, state: _Rank, value: float, now: float) -> None:
+    def _judge(self, rank: int, state: _Rank, values: Mapping[str, float], step_ms: float | None,
+               now: float) -> None:
         settings = self.settings
-        median = self.others_median(rank)
-        if median is None or median <= 0:
-            return
-        ratio = value / median
+        slow: tuple[str, float, float, float] | None = None  # the measure furthest above its line
+        fine = True
+        for measure, value in values.items():
+            median = self.others_median(rank, measure)
+            if median is None:
+                continue
+            ratio = value / median if median > 0 else (math.inf if value > 0 else 1.0)
+            # an excess is measured against the step it is part of (the step time itself: against itself)
+            excess = (value - median) / max(step_ms if step_ms is not None else value, 1e-9)
+            if ratio > settings.straggler_ratio and excess >= settings.excess_share:
+                if slow is None or ratio > slow[1]:
+                    slow = (measure, ratio, value, median)
+            if ratio > settings.recover_ratio and excess >= settings.excess_share / 2:
+                fine = False
         if state.straggling_since is None:
-            state.slow = state.slow + 1 if ratio > settings.straggler_ratio else 0
-            if state.slow >= settings.straggler_reports:
+            state.slow = state.slow + 1 if slow is not None else 0
+            if slow is not None and state.slow >= settings.straggler_reports:
+                measure, ratio, value, median = slow
                 state.straggling_since, state.fine = now, 0
-                self.emit(EventType.RANK_STRAGGLING, rank=rank, node_id=state.node_id, ratio=round(ratio, 3),
-                          step_ms=round(value, 3), median_ms=round(median, 3), reports=state.slow,
-                          measure=settings.measure)
+                self.emit(EventType.RANK_STRAGGLING, rank=rank, node_id=state.node_id,
+                          ratio=round(ratio, 3) if math.isfinite(ratio) else None, value_ms=round(value, 3),
+                          median_ms=round(median, 3), step_ms=step_ms, reports=state.slow, measure=measure)
             return
-        state.fine = state.fine + 1 if ratio <= settings.recover_ratio else 0
+        state.fine = state.fine + 1 if fine else 0
         if state.fine >= settings.recover_reports:
             self._recovered(rank, state, EventType.RANK_STRAGGLING, state.straggling_since, now)
             state.straggling_since, state.slow = None, 0
