@@ -8,7 +8,11 @@ the job ends; the loops call ``torchrt.step`` once per step.
 * ``straggle``: no collectives, so each rank's step time is its own: rank 1 sleeps 80 ms a step
   until ``SPEED_UP_FILE`` appears, every other rank (and rank 1 from then on) 20 ms;
 * ``stall``: as ``straggle`` at 20 ms, but rank 1 stops stepping after 20 steps and waits in
-  ``stuck_waiting`` (``time.sleep``) for the stop file.
+  ``stuck_waiting`` (``time.sleep``) for the stop file;
+* ``slow_data``: lock-step, as data-parallel training is (an ``all_reduce`` every step), each
+  rank reading a ``torchrt.data`` pipeline; rank 1's source takes 80 ms a batch until
+  ``SPEED_UP_FILE`` appears, so every rank's step time is the same and only rank 1's data wait
+  stands out.
 """
 
 from __future__ import annotations
@@ -45,6 +49,30 @@ def steps(started: float) -> None:
     pipeline.close()
 
 
+def slow_data(started: float, rank: int) -> None:
+    import torch.distributed as dist
+
+    from torchrt.data import ShardedPipeline
+    from torchrt.data.sources import ArraySource
+
+    class SlowOnRank1(ArraySource):
+        def _read(self, indices):
+            if rank == 1 and not os.path.exists(os.environ["SPEED_UP_FILE"]):
+                time.sleep(0.08)
+            return super()._read(indices)
+
+    source = SlowOnRank1({"x": torch.arange(4096, dtype=torch.float32).reshape(4096, 1)}, name="numbers")
+    pipeline = ShardedPipeline(source, batch_size=4, workers=0, shuffle=False, preview_interval=None)
+    while not stopped(started):
+        for batch in pipeline:
+            dist.all_reduce(batch["x"].sum().reshape(1))  # lock-step: every rank waits for the slowest
+            time.sleep(0.02)
+            torchrt.step(samples=len(batch["x"]))
+            if stopped(started):
+                break
+    pipeline.close()
+
+
 def stuck_waiting(started: float) -> None:
     while not stopped(started):
         time.sleep(0.1)
@@ -67,6 +95,8 @@ def main() -> None:
     mode = os.environ["JOB_VIEW_MODE"]
     if mode == "steps":
         steps(started)
+    elif mode == "slow_data":
+        slow_data(started, ctx.rank)
     else:
         loop(started, ctx.rank, stall=mode == "stall")
 

@@ -162,6 +162,24 @@ def test_a_plain_torchrun_script_shows_its_workers_pids_cpu_and_rss_through_its_
     assert not events(tmp_path / "run", EventType.NODE_STATS)  # live only
 
 
+def test_in_lock_step_a_rank_with_a_slow_loader_is_flagged_on_its_data_wait_and_clears(tmp_path):
+    """All-reduce every step: the ranks' step times are equal, rank 1 waits for its data."""
+    coordinator = start(tmp_path)
+    job = agent(tmp_path, coordinator, WORKER, JOB_VIEW_MODE="slow_data")
+    run_dir = tmp_path / "run"
+    try:
+        [alert] = wait_until(lambda: events(run_dir, EventType.RANK_STRAGGLING), JOB_S, "rank 1 flagged")
+        assert alert["rank"] == 1 and alert["measure"] == "data_wait_ms" and alert["value_ms"] >= 60, alert
+        (tmp_path / "faster").touch()
+        [recovered] = wait_until(lambda: events(run_dir, EventType.RANK_RECOVERED), JOB_S, "rank 1 to recover")
+        assert recovered["rank"] == 1 and recovered["was"] == EventType.RANK_STRAGGLING
+        finish(tmp_path, job, coordinator)
+    finally:
+        job.close()
+        coordinator.stop()
+    assert len(events(run_dir, EventType.RANK_STRAGGLING)) == 1
+
+
 def test_a_slow_rank_is_flagged_as_a_straggler_and_clears_when_it_speeds_up(tmp_path):
     """The workers step without collectives, so each rank's step time is its own (in lock-step
     DDP every rank's step time is the slowest one's and no rank stands out)."""
