@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
+from monitor.app import MonitorOptions, create_app
+from monitor.sources import ReplaySource
 from torchrt.coordinator import ping
 
 from tests.helpers import events, free_port, wait_until
@@ -65,14 +70,51 @@ def trained_on(result_dir: Path) -> list[int]:
     return sorted(indices)
 
 
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def watch_live(log: Path, proc: subprocess.Popen[bytes]) -> dict:
+    """What the demo's live monitor shows while the job trains: its nodes, workers and previews."""
+    def url() -> str | None:
+        found = re.search(r"torchrt monitor at (http://\S+)", log.read_text())
+        return found.group(1) if found else None
+
+    base = wait_until(lambda: url() or proc.poll() is not None, 120, "the monitor's URL")
+    assert isinstance(base, str), log.read_text()[-4000:]
+
+    def seen() -> dict | None:
+        try:
+            previews = get_json(f"{base}/api/v1/datasets/digits/previews")["items"]
+        except urllib.error.HTTPError as e:
+            assert e.code == 404, e  # no dataset 'digits' until the workers registered it
+            return None
+        shown = {"previews": previews,
+                 "workers": get_json(f"{base}/api/v1/pages/workers/workers?limit=100")["items"],
+                 "nodes": get_json(f"{base}/api/v1/pages/rendezvous/nodes?limit=100")["items"]}
+        return shown if shown["previews"] and len(shown["workers"]) == 4 and len(shown["nodes"]) == 2 else None
+
+    return wait_until(seen, 120, "the live monitor to show 2 nodes, 4 workers and sample previews", interval=0.5)
+
+
 def test_killed_worker_restarts_resumes_and_every_sample_is_trained_on_once(tmp_path: Path) -> None:
     run_dir, results, log = tmp_path / "run", tmp_path / "results", tmp_path / "demo.log"
-    proc = demo(free_port(), run_dir, [*QUICK, "demo.faults.kill_worker={rank: 3, step: 20}"],
-                result_dir=results, log=log)
+    proc = demo(free_port(), run_dir, [*QUICK, "demo.step_delay=0.05", "demo.faults.kill_worker={rank: 3, step: 20}"],
+                result_dir=results, log=log, monitor=True)
     try:
+        live = watch_live(log, proc)
+        assert {p["rank"] for p in live["previews"]} <= {0, 1, 2, 3}
+        assert all(p["kind"] == "image" and p["png_b64"] for p in live["previews"]), live["previews"][:1]  # digits
         assert proc.wait(240) == 0, log.read_text()[-6000:]
     finally:
         proc.kill()
+    # The monitor replaying the run directory shows the whole run.
+    client = create_app(ReplaySource(run_dir), MonitorOptions()).test_client()
+    snapshot = client.get("/api/v1/snapshot").get_json()["snapshot"]
+    assert snapshot["checkpoints"]["committed_total"] >= 2 and snapshot["datasets"]["digits"]["ranks"] == 4
+    assert client.get("/api/v1/pages/rendezvous/nodes").get_json()["total"] == 2
+    assert client.get("/api/v1/events?type=restart").get_json()["items"], "the restart is in the monitor's log"
     output = log.read_text()
     assert output.count("demo fault: rank 3") == 1, "the fault fires once per job, not after the restart"
     assert "training finished with exit status 0" in output
