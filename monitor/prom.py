@@ -118,12 +118,12 @@ class SnapshotCollector(Collector):
 
     @staticmethod
     def _barriers(names: Any) -> Metric:
-        family = GaugeMetricFamily("torchrt_barrier_wait_seconds", "Barrier wait: p50 and max of the last report",
+        family = GaugeMetricFamily("torchrt_barrier_wait_seconds", "Barrier wait: p50, p99 and max of the last report",
                                    labels=["barrier", "quantile"])
         for row in names if isinstance(names, list) else []:
             if not isinstance(row, Mapping) or not isinstance(row.get("name"), str):
                 continue
-            for quantile, key in (("0.5", "p50_us"), ("1", "max_us")):
+            for quantile, key in (("0.5", "p50_us"), ("0.99", "p99_us"), ("1", "max_us")):
                 if _num(row.get(key)) is not None:
                     family.add_metric([row["name"], quantile], _num(row[key]) * 1e-6)
         return family

@@ -9,6 +9,8 @@ from datetime import timedelta
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from torchrt.contract import EventType
+
 from tests.helpers import free_port, spawn_ranks
 
 ROUNDS = 150
@@ -107,3 +109,16 @@ def _timeout_worker(rank: int, world: int, port: int, failures) -> None:
 
 def test_barrier_timeout_names_the_barrier_and_retires_it():
     assert _run(_timeout_worker, 2, free_port()) == []
+
+
+def test_a_barrier_report_carries_the_windows_median_99th_percentile_and_maximum(recorder):
+    from torchrt.distributed import _BarrierReport
+
+    report = _BarrierReport("step-#")
+    report.reported_at = float("inf")  # hold the window: report() below sends it
+    for ms in range(1, 201):  # 1 .. 200 ms
+        report.add(4, ms / 1000)
+    report.report(0.0)
+    [event] = recorder.of(EventType.BARRIER)
+    assert (event["completions"], event["p50_us"], event["p99_us"], event["max_us"]) == (200, 101_000.0,
+                                                                                        198_000.0, 200_000.0)

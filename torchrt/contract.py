@@ -437,7 +437,7 @@ EVENTS: dict[EventType, EventSpec] = {spec.type: spec for spec in (
               {"count": "events dropped"}),
     EventSpec(EventType.BARRIER, _W, "torchrt.barrier completions of one name (rank 0, per second)",
               {"name": "barrier name", "call": "number of the last call", "world_size": "ranks", "completions": "calls",
-               "latency_us": "slowest", "p50_us": "median", "max_us": "slowest"}),
+               "latency_us": "slowest", "p50_us": "median", "p99_us": "99th percentile", "max_us": "slowest"}),
     EventSpec(EventType.METRIC, _W, "torchrt.log_metric scalar", {"name": "tag", "value": "number",
                                                                   "step": "step"}, live=Push.METRIC),
     EventSpec(EventType.STEP, _W, "torchrt.step figures of one reporter window (about 1 s) in which the rank "

@@ -33,6 +33,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -151,7 +152,7 @@ class _BarrierReport:
     A training loop may pass thousands of barriers a second; an event for each would cost the
     coordinator (and, on a small machine, the workers sharing its CPUs) more than the barriers.
     The first completion of a name is reported at once; later ones as a window: how many, and
-    their median and maximum latency. ``call`` counts the completions of the report's name (of
+    their median, 99th percentile and maximum latency. ``call`` counts the completions of the report's name (of
     every name it stands for, when it is a pattern such as ``step-#``).
     """
 
@@ -175,6 +176,7 @@ class _BarrierReport:
         get_reporter().emit(EventType.BARRIER, name=self.name, call=self.last[0], world_size=self.last[1],
                             completions=len(ordered), latency_us=round(ordered[-1] * 1e6, 1),
                             p50_us=round(ordered[len(ordered) // 2] * 1e6, 1),
+                            p99_us=round(ordered[max(math.ceil(0.99 * len(ordered)) - 1, 0)] * 1e6, 1),
                             max_us=round(ordered[-1] * 1e6, 1))
         self.latencies.clear()
         self.reported_at = now

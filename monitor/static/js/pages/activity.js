@@ -79,7 +79,7 @@ function specs(snapshot) {
       .filter((n) => n.endsWith("/p50_us")).map((n) => n.slice(0, -"/p50_us".length)).slice(0, 3);
     return { ...spec, series: names.flatMap((n, i) => [
       { part: "barriers", name: `${n}/p50_us`, label: `${n} p50`, kind: "line", color: 1 + i * 2 },
-      { part: "barriers", name: `${n}/max_us`, label: `${n} max`, kind: "line", color: 2 + i * 2, faint: true }]) };
+      { part: "barriers", name: `${n}/p99_us`, label: `${n} p99`, kind: "line", color: 2 + i * 2, faint: true }]) };
   });
   if (has(snapshot, "machines", "gpu/util_percent")) {
     out.push({ id: "gpu", title: "GPU utilisation", format: (v) => pct(v, false),

@@ -100,7 +100,7 @@ function renderCards(s) {
         ? `durable step ${ck.latest_step}${lastCommit ? ` · ${bytes(lastCommit.bytes)}` : ""}${saving.length ? " · saving" : ""}`
         : saving.length ? "saving the first" : "none yet",
       ck.problems_total ? "warn" : null),
-    card("Barrier p50", barrier ? us(barrier.p50_us) : "–",
+    card("Barrier p50 / p99", barrier ? `${us(barrier.p50_us)} / ${us(barrier.p99_us)}` : "–",
       barrier ? `max ${us(barrier.max_us)} · worst ${us(barrier.worst_us)} · ${barrier.name}` : "no barrier reported"),
     card("Round", rdzv.current ? `#${rdzv.current.round}` : "–",
       pending ? `forming #${pending.round}: ${pending.reason || ""}` : rdzv.current
