@@ -9,7 +9,9 @@ person asks when a round does not form: which round is pending and why, who
 is waiting, who of the current round is *missing* (live participants that
 have not asked to rejoin), the restarts that caused it and the nodes that
 timed out waiting; and for every round formed, its reason, timings, size,
-and who was dropped or spare.
+who was dropped or spare, and who arrived when (``arrivals``: the first
+:data:`LISTED` nodes to ask for the round and the last one, the one that
+completed it, with their seconds after the round was started).
 
 The snapshot is a summary whatever the number of nodes: counts by state, the
 current and pending round with their lists cut at :data:`LISTED` names (with
@@ -163,6 +165,7 @@ class RendezvousFold:
             return False
         pending = self.pending if self.pending is not None and self.pending["round"] == number else None
         record = {"round": number, **{k: event.get(k) for k in ROUND_FIELDS},
+                  "arrivals": self._arrivals(participants, pending["started_at"] if pending else None),
                   "participants": [str(p) for p in participants],
                   "dropped": [str(p) for p in event.get("dropped") or ()],
                   "spares": [str(p) for p in event.get("spares") or ()],
@@ -182,6 +185,19 @@ class RendezvousFold:
         self.rounds.append(record)
         self.rounds_total += 1
         return True
+
+    def _arrivals(self, participants: list[Any], started_at: Any) -> dict[str, Any]:
+        """When the round's participants asked for it (they are waiting, since then), in order."""
+        waited = sorted((node["since"], node["node_id"]) for p in participants
+                        if (node := self.nodes.get(str(p))) is not None and node["status"] == NodeStatus.WAITING.value
+                        and isinstance(node["since"], (int, float)))
+        base = started_at if isinstance(started_at, (int, float)) else (waited[0][0] if waited else None)
+
+        def arrival(since: float, node_id: str) -> dict[str, Any]:
+            return {"node": node_id, "after_s": round(since - base, 6) if base is not None else None}
+
+        return {"count": len(waited), "first": [arrival(*w) for w in waited[:LISTED]],
+                "last": arrival(*waited[-1]) if waited else None}
 
     def _closed(self, event: Event) -> bool:
         self.closed, self.closed_by = True, event.get("by")

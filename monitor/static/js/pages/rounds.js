@@ -138,6 +138,17 @@ function renderGantt(rounds, view) {
   ctx.textAlign = "left";
 }
 
+/** Who asked for the round when: the first arrivals, and the last one, which completed it. */
+function arrivals(x) {
+  const a = x.arrivals;
+  if (!a || !a.count) return "–";
+  const at = (e) => `${e.node} +${seconds(e.after_s)}`;
+  const shown = a.first.map(at);
+  if (a.count > a.first.length + 1) shown.push(`… ${a.count - a.first.length - 1} more`);
+  if (a.count > a.first.length) shown.push(at(a.last));
+  return shown.join(", ");
+}
+
 function renderRounds(page) {
   const rows = [...page.items].reverse();
   fill(document.getElementById("rounds"), table([
@@ -149,6 +160,7 @@ function renderRounds(page) {
     { label: "Last call", num: true, cell: (x) => seconds(x.last_call_s) },
     { label: "Total", num: true, cell: (x) => seconds(x.total_s) },
     { label: "Members (rank order)", cell: (x) => (x.participants || []).join(", ") || "–" },
+    { label: "Arrived (s after start)", cell: arrivals },
     { label: "Dropped / spare", cell: (x) => [...(x.dropped || []).map((d) => `${d} (dropped)`), ...(x.spares || []).map((d) => `${d} (spare)`)].join(", ") || "–" },
     { label: "After restarts", cell: (x) => (x.causes || []).map((c) => `${c.node}: ${c.reason || "?"}`).join("; ") || "–" },
     { label: "Timeouts", num: true, cell: (x) => int(x.timeouts) },
