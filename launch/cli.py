@@ -109,7 +109,7 @@ def _token(args: argparse.Namespace) -> str | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from launch.runner import run_config
 
-    return run_config(args.config, args.overrides, monitor=args.monitor)
+    return run_config(args.config, args.overrides, monitor=wants_monitor(args))
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
@@ -157,7 +157,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     if args.owner_pid is not None:
         watch_owner(args.owner_pid, lambda: coordinator.drain(f"its owner (pid {args.owner_pid}) exited"))
-    monitor = _start_monitor(coordinator, token, run_dir) if args.monitor else None
+    monitor = _start_monitor(coordinator, token, run_dir) if wants_monitor(args) else None
     demo = start_demo_if_asked(coordinator.endpoint, run_dir, args.run_id)
     coordinator.wait()
     if demo is not None:
@@ -220,12 +220,19 @@ def _default_endpoint() -> str:
 
 
 def _add_no_monitor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=None,
+                        help="start the web monitor and print its URL (default: on; TORCHRT_MONITOR=off turns the "
+                             "default off)")
+
+
+def wants_monitor(args: argparse.Namespace) -> bool:
+    """``--monitor`` / ``--no-monitor`` when given, else on unless ``TORCHRT_MONITOR`` says off. Read
+    when a command runs, not when the parser is built: ``torchrt doctor`` must work with torchrt broken."""
+    if args.monitor is not None:
+        return bool(args.monitor)
     from torchrt.contract import Env
 
-    off = os.environ.get(Env.MONITOR, "").strip().lower() in ("off", "0", "false", "no")
-    parser.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=not off,
-                        help=f"start the web monitor and print its URL (default: on; {Env.MONITOR}=off turns the "
-                             "default off)")
+    return os.environ.get(Env.MONITOR, "").strip().lower() not in ("off", "0", "false", "no")
 
 
 def _add_token_options(parser: argparse.ArgumentParser, what: str) -> None:

@@ -84,8 +84,15 @@ def test_survivor_reforms_and_finishes_after_sigkill_of_other_node(job):
     host = job("1:2", max_restarts=3, conf={"last_call_timeout": "5"}, env=env)
     wait_until(lambda: ping(job.endpoint), 60, "the first agent's coordinator")
     victim = job("1:2", max_restarts=3, conf={"is_host": "false"}, env=env)
-    wait_until(lambda: len(events(job.run_dir, "worker_started")) == 4, 60, "all four workers")
-    victim_node = events(job.run_dir, "round_completed")[0]["participants"][1]
+
+    def both_nodes_running() -> dict | None:
+        """The round of both nodes once its four workers run (on a loaded machine the host may first
+        have formed a round alone, its last call over before the victim's torchrun was up)."""
+        rounds = [e for e in events(job.run_dir, "round_completed") if len(e["participants"]) == 2]
+        started = [e for e in events(job.run_dir, "worker_started") if rounds and e["round"] == rounds[-1]["round"]]
+        return rounds[-1] if len(started) == 4 else None
+
+    victim_node = wait_until(both_nodes_running, 90, "a round of both nodes with its four workers")["participants"][1]
     victim.kill()
     assert_finished(host)
     dead = events(job.run_dir, "node_dead")

@@ -223,7 +223,7 @@ class RendezvousSection:
     """
 
     endpoint: str = setting(f"{DEFAULT_HOST}:{DEFAULT_PORT}", Endpoint(),
-                            doc='the coordinator; IPv6 in brackets, quoted for YAML: `"[::1]:29400"`')
+                            doc=f'the coordinator; IPv6 in brackets, quoted for YAML: `"[::1]:{DEFAULT_PORT}"`')
     token: str | None = setting(None, _PLAIN_OR_NULL, doc="shared secret every node and worker must present")
     token_file: str | None = setting(None, _PLAIN_OR_NULL,
                                      doc="a file holding the token instead (relative: next to the config file, "
