@@ -26,9 +26,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# Two pytest workers: most tests wait on real torchrun jobs; the monitor's tests share one
+# session run on one worker (xdist_group "monitor", --dist loadgroup).
+PYTEST_ARGS ?= -n 2 --dist loadgroup
+
 test: setup browser
 	$(VENV)/bin/torchrt doctor
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" tests
