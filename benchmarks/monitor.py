@@ -13,7 +13,10 @@ snapshot_bytes.1000
 api_rps
     ``_http_load.py`` (a process of its own, 8 threads, keep-alive) GETs ``/api/v1/snapshot`` back
     to back for the window; requests answered 200 per second; goal >= 1,000. Also the monitor
-    processes' CPU time per request (``server_cpu_ms_per_request``: what one core would hold).
+    processes' CPU time per request (``server_cpu_ms_per_request``: what one core would hold),
+    their CPU without requests (``server_background_cores``, :data:`IDLE_S` measured first:
+    following 1,000 ranks' pushes and refreshing) and the per-request CPU net of that
+    (``server_cpu_ms_per_request_net``).
     ``werkzeug``: the same against Werkzeug's threaded server (:class:`monitor.serve.MonitorServer`
     in a process of its own), which the monitor process does not use; recorded for the comparison.
 event_to_ws_s.{p50,p95}
@@ -61,6 +64,7 @@ sys.path.insert(0, str(REPO))  # torchrt and monitor, run from a checkout
 from torchrt.contract import EventType  # noqa: E402
 
 NODES, PER_NODE = 125, 8
+IDLE_S = 2.0  # the monitor process's CPU measured without requests first (api_rps)
 MARKER = "bench-marker"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -180,12 +184,22 @@ def snapshot_bytes(running: Job) -> Json:
 def api_rps(running: Job, window_s: float, threads: int = 8) -> Json:
     def load(url: str, server: subprocess.Popen[str]) -> Json:
         procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
-        cpu = sum(sum(p.cpu_times()[:2]) for p in procs)
+
+        def cpu() -> float:
+            return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+        idle = cpu()
+        time.sleep(IDLE_S)  # no requests: what following the job costs the monitor by itself
+        background = (cpu() - idle) / IDLE_S
+        began, at = cpu(), time.monotonic()
         out = subprocess.run([sys.executable, str(HTTP_LOAD), url + "/api/v1/snapshot", str(window_s), str(threads)],
                              capture_output=True, text=True, check=True, env=ENV)
         answer = json.loads(out.stdout)
-        cpu = sum(sum(p.cpu_times()[:2]) for p in procs) - cpu
-        answer["server_cpu_ms_per_request"] = round(cpu / max(answer["requests"], 1) * 1e3, 3)
+        used, took = cpu() - began, time.monotonic() - at
+        requests = max(answer["requests"], 1)
+        answer["server_cpu_ms_per_request"] = round(used / requests * 1e3, 3)
+        answer["server_background_cores"] = round(background, 3)
+        answer["server_cpu_ms_per_request_net"] = round(max(used - background * took, 0.0) / requests * 1e3, 3)
         return answer
 
     gunicorn = load(running.url, running.monitor)

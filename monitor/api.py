@@ -18,7 +18,7 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from torchrt.contract import STACK_DUMP_TIMEOUT_S, EventType, Level
 from torchrt.coordinator.observe import MAX_PAGE
@@ -62,12 +62,12 @@ def api_blueprint(source: ViewSource) -> Blueprint:
     """The ``/api/v1`` routes over ``source`` (see the module docstring and docs/api.md)."""
     api = Blueprint("api", __name__, url_prefix=PREFIX)
     _errors(api)
+    encoded = _SnapshotAnswer(source)
 
     @api.get("/snapshot")
     def snapshot() -> Response:
-        at = number_arg(request.args, "at")
-        return jsonify(mode=source.mode, snapshot=source.snapshot(at=at), span=list(source.span()), at=at,
-                       connected=getattr(source, "connected", False))
+        return current_app.response_class(encoded.body(number_arg(request.args, "at")),
+                                          mimetype=current_app.json.mimetype)
 
     @api.get("/pages/<part>/<kind>")
     def page(part: str, kind: str) -> Response:
@@ -131,6 +131,30 @@ def api_blueprint(source: ViewSource) -> Blueprint:
         return jsonify(error=f"no such API route: {PREFIX}/{unknown[:100]}"), 404
 
     return api
+
+
+class _SnapshotAnswer:
+    """``GET /snapshot``'s body, encoded once per snapshot the source hands out, not per request:
+    a live source hands out the same object until its next refresh (monitor.app's wrapper keeps
+    that), so under load it is one ``json.dumps`` per refresh. The span and ``connected`` are read
+    with the snapshot they are encoded with (as fresh as it is)."""
+
+    def __init__(self, source: ViewSource) -> None:
+        self._source = source
+        self._last: tuple[dict[str, Any], bool, str] | None = None  # the snapshot held: no id() reuse
+
+    def body(self, at: float | None) -> str:
+        snapshot = self._source.snapshot(at=at)
+        connected = getattr(self._source, "connected", False)
+        last = self._last
+        if at is None and last is not None and last[0] is snapshot and last[1] == connected:
+            return last[2]
+        answer = {"mode": self._source.mode, "snapshot": snapshot, "span": list(self._source.span()), "at": at,
+                  "connected": connected}
+        body = current_app.json.dumps(answer, separators=(",", ":")) + "\n"  # what jsonify sends
+        if at is None:
+            self._last = (snapshot, connected, body)
+        return body
 
 
 def _errors(api: Blueprint) -> None:

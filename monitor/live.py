@@ -15,7 +15,12 @@ Messages (JSON text; the contract in docs/api.md):
 How it scales: the source's listener (``ViewSource.subscribe``) only marks the broadcaster dirty
 and queues the new events. The broadcaster thread wakes when dirty, at most once per
 ``interval_s`` (0.1 s), takes one snapshot and the union of the pages the sockets want (each
-distinct page once), encodes each once, and hands every socket its update. A socket holds at
+distinct page once), encodes each once, and hands every socket its update. A live source tells
+its listeners of new logged events as soon as they are pushed, before it refreshes its
+snapshot (monitor.sources), so the update that carries an event has the snapshot the source had
+then (at most its staleness bound old; it does not wait for a status op) and a following update
+has the refreshed one: ``events`` and ``snapshot`` are independent fields, and the snapshots a
+socket gets never go back in time. A socket holds at
 most one unsent update: a newer one replaces it and keeps the events of both (drop-to-latest),
 so a slow browser gets fewer, fuller messages and never delays another socket or the
 broadcaster; each socket is written by its own request thread. So a socket gets at most
@@ -244,7 +249,6 @@ class Broadcaster:
             wait = last + self.interval_s - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # the rate cap: one update per interval at most
-            last = time.monotonic()
             with self._lock:
                 changed, self._changed = self._changed, False
                 events, self._events = self._events, []
@@ -255,6 +259,9 @@ class Broadcaster:
                 wants = {want for sock in targets for want in sock.wants}
             if targets:
                 self._broadcast(targets, events, missed, wants)
+            # counted from when the update was handed over: a read that waited (a snapshot past its
+            # staleness bound waits for the source's refresh) does not bring the next one closer
+            last = time.monotonic()
 
     def _broadcast(self, targets: list[_Socket], events: list[dict[str, Any]], missed: int,
                    wants: set[PageWant]) -> None:

@@ -6,15 +6,27 @@ The monitor adds no second source of truth: both sources serve the job view
 
 :class:`LiveSource` is a client of the coordinator. An *observer* connection asks the ``status``
 op for the snapshot, pages and series points, and is subscribed to the event stream (``subscribe``:
-logged events, and the live-only reports: steps, node samples, metrics, previews). What it
-fetched is kept for at most :data:`CACHE_S` (100 ms) and one fetch is in flight at a time, so a
-thousand API requests a second cost the coordinator about ten status ops a second. A change
-(a pushed event or report) wakes the source's own thread, which refetches the snapshot and the
-pages asked for lately, no sooner than :data:`CACHE_S` after the last fetch, and only then tells
-the listeners (:meth:`subscribe`) with the logged events that arrived meanwhile: what a listener
-then reads is already fresh. Stack dumps are asked over an *operator* connection (with the job's
-token when it has one). When the connection drops the thread reconnects with backoff; meanwhile
-the last snapshot is served and ``connected`` is False.
+logged events, and the live-only reports: steps, node samples, metrics, previews). One status op
+is in flight at a time and a new one is sent no sooner than :data:`CACHE_S` (100 ms) after the
+last, so a thousand API requests a second cost the coordinator about ten status ops a second.
+
+Freshness, stale-while-revalidate: the snapshot (and a page the source keeps) is served from the
+cache, without waiting, while it is younger than :data:`CACHE_S`; up to :data:`MAX_STALE_S`
+(250 ms) it is still served at once while a refresh runs in the background; older than that a
+reader waits for the refresh. Ages count from when the status op was *sent*, so what a reader
+gets shows the coordinator's view as of at most :data:`MAX_STALE_S` ago, whatever the op's own
+duration. (While the coordinator is away, ``connected`` False, the last snapshot is served as it
+is; a coordinator that does not answer in time leaves the last one too.)
+
+Two threads of the source's own: the *refresher* refetches the snapshot and the pages asked for
+lately after a change (a pushed event or report) or a reader's ask, no sooner than CACHE_S after
+the last fetch, and reconnects with backoff when the connection drops; the *teller* calls the
+listeners (:meth:`subscribe`): with the new logged events as soon as they are pushed (the events
+come in the push: no status op in between), and with ``[]`` once a refresh after a change is in.
+So a listener gets an event at once, reading the snapshot then gives the one cached (at most
+MAX_STALE_S old unless a refresh is late), and the fresh one follows with the next call; the
+snapshot a reader gets never goes back in time. Stack dumps are asked over an *operator*
+connection (with the job's token when it has one).
 
 :class:`ReplaySource` reads a run directory alone: the view is ``JobView.replay`` (its series from
 ``series/``). ``at=`` (the time slider) shows the view as of that time: a second view folds the
@@ -56,12 +68,13 @@ from torchrt.view.stacks import StackDumpError, group_stacks, render, summary
 from monitor.errors import NotFoundError, NotLiveError, QueryError
 from monitor.logs import EventIndex, EventQuery
 
-__all__ = ["CACHE_S", "LiveSource", "NotFoundError", "NotLiveError", "QueryError", "ReplaySource", "ViewSource",
-           "public"]
+__all__ = ["CACHE_S", "MAX_STALE_S", "LiveSource", "NotFoundError", "NotLiveError", "QueryError", "ReplaySource",
+           "ViewSource", "public"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_S = 0.1          # the longest a live answer is reused
+CACHE_S = 0.1          # a live answer younger than this is reused without a refresh
+MAX_STALE_S = 0.25     # ... older than this, a reader waits for the refresh (stale-while-revalidate)
 RECENT_PAGES = 32      # pages the live source keeps fresh (the ones asked for lately)
 PAGE_KEEP_S = 2.0      # ... asked within this many seconds
 MAX_DUMPS_KEPT = 16    # dumps taken through a live source without a readable run directory
@@ -166,19 +179,24 @@ class LiveSource:
     mode = "live"
 
     def __init__(self, endpoint: str, token: str | None = None, run_dir: Path | str | None = None, *,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, max_stale_s: float = MAX_STALE_S) -> None:
+        if not max_stale_s >= CACHE_S:
+            raise ValueError(f"max_stale_s: expected seconds >= CACHE_S ({CACHE_S:g}), got {max_stale_s!r}")
         self.endpoint = endpoint
+        self.max_stale_s = max_stale_s
         self._token = token
         self._lock = threading.Lock()        # the caches, listeners and state below
-        self._fetching = threading.Lock()    # one status op in flight
-        self._wake = threading.Condition(self._lock)
+        self._fetching = threading.Lock()    # one status op in flight (taken before _lock, never inside)
+        self._wake = threading.Condition(self._lock)   # the refresher: a change, an ask, lost, closed
+        self._tell = threading.Condition(self._lock)   # the teller: new events, a refresh in, closed
         self._listeners: list[Listener] = []
         self._new_events: list[dict[str, Any]] = []
-        self._changed = False
+        self._changed = False    # pushed since the last refresh began
+        self._wanted = False     # a reader found the cache older than CACHE_S
+        self._refreshed = False  # a refresh after a change is in: tell the listeners
         self._lost = False
         self._closed = False
-        self._fetched_at = 0.0     # monotonic: when the last status op was answered
-        self._fetch_started = 0.0  # ... and when it was sent
+        self._sent_at = float("-inf")  # monotonic: when the status op of the cached snapshot was sent
         self._snapshot: dict[str, Any] = {}
         self._pages: dict[tuple[str, str, int, int], tuple[float, dict[str, Any]]] = {}
         self._asked: OrderedDict[tuple[str, str], tuple[int, int, float]] = OrderedDict()
@@ -196,8 +214,10 @@ class LiveSource:
         except BaseException:
             self._client.close()
             raise
-        self._thread = threading.Thread(target=self._run, name="torchrt-monitor-source", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name="torchrt-monitor-source", daemon=True),
+                         threading.Thread(target=self._run_teller, name="torchrt-monitor-source-tell", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def connected(self) -> bool:
@@ -232,32 +252,48 @@ class LiveSource:
         self.log.add(pushed)
 
     def _on_push(self, message: dict[str, Any]) -> None:
-        """On the client's reader thread: note the change; the source's thread does the rest."""
+        """On the client's reader thread: note the change and the event; the source's threads do
+        the rest (each woken only when it has something new to do)."""
         kind = message.get("push")
         with self._lock:
             if kind == Push.LOST:
                 self._lost = True
+                self._wake.notify()
             elif kind == Push.EVENT and isinstance(message.get("event"), dict):
                 event = message["event"]
                 if self._pending_pushes is not None:
                     self._pending_pushes.append(event)
                 else:
                     self.log.add([event])
+                if not self._new_events:
+                    self._tell.notify()
                 self._new_events.append(event)
-            self._changed = True
-            self._wake.notify()
+            if not self._changed:
+                self._changed = True
+                self._wake.notify()
 
     def _run(self) -> None:
-        """Refresh after changes (no sooner than CACHE_S after the last fetch), then tell the
-        listeners; reconnect when the connection is lost."""
+        """The refresher: after a change or a reader's ask, refetch (no sooner than CACHE_S after
+        the last fetch); after a change, have the teller tell the listeners. Reconnect when the
+        connection is lost."""
         backoff = 0.2
         while True:
             with self._lock:
-                while not (self._changed or self._lost or self._closed):
-                    self._wake.wait()
+                while not self._closed and not self._lost:
+                    if self._changed or self._wanted:
+                        due = self._sent_at + CACHE_S - time.monotonic()
+                        if due <= 0:
+                            break
+                        self._wake.wait(due)
+                    else:
+                        self._wake.wait()
                 if self._closed:
                     return
                 lost = self._lost
+                changed, self._changed, self._wanted = self._changed, False, False
+                taken = time.monotonic()
+                asked = [(part, kind, offset, limit) for (part, kind), (offset, limit, when) in self._asked.items()
+                         if taken - when < PAGE_KEEP_S]
             if lost:
                 if self._reconnect():
                     backoff = 0.2
@@ -266,17 +302,30 @@ class LiveSource:
                         self._wake.wait(backoff)  # close() ends it early
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
-            with self._lock:
-                self._changed = False
-                taken = time.monotonic()
-                events, self._new_events = self._new_events, []
-                asked = [(part, kind, offset, limit) for (part, kind), (offset, limit, when) in self._asked.items()
-                         if taken - when < PAGE_KEEP_S]
             try:
-                self._refresh(asked, taken)
+                with self._fetching:
+                    if asked or self._sent_at < taken:  # a reader's fetch begun since already shows it
+                        self._fetch(asked)
             except TorchrtError as e:
                 logger.debug("monitor: refresh from %s failed: %s", self.endpoint, e)
-            for listener in list(self._listeners):
+            if changed:
+                with self._lock:
+                    self._refreshed = True
+                    self._tell.notify()
+
+    def _run_teller(self) -> None:
+        """The teller: the listeners get new logged events as soon as they are pushed, and ``[]``
+        once a refresh after a change is in (one call when both are pending)."""
+        while True:
+            with self._lock:
+                while not (self._new_events or self._refreshed or self._closed):
+                    self._tell.wait()
+                if self._closed:
+                    return
+                events, self._new_events = self._new_events, []
+                self._refreshed = False
+                listeners = list(self._listeners)
+            for listener in listeners:
                 try:
                     listener(events)
                 except Exception:  # noqa: BLE001 - one listener must not stop the others
@@ -296,37 +345,31 @@ class LiveSource:
         except TorchrtError:
             return False
         with self._lock:
-            self._changed = True
+            self._changed = True  # the refresher's next turn refetches and tells
         logger.info("monitor: reconnected to the coordinator at %s", self.endpoint)
         return True
 
     # ---------------------------------------------------------- fetching
-    def _refresh(self, pages: list[tuple[str, str, int, int]], changed: float) -> None:
-        """Fetch the snapshot and ``pages`` for changes taken at ``changed`` (monotonic), no sooner
-        than CACHE_S after the last fetch; a snapshot fetch begun since already shows them."""
-        while True:
-            with self._fetching:
-                if not pages and self._fetch_started >= changed:
-                    return
-                wait = self._fetched_at + CACHE_S - time.monotonic()
-                if wait <= 0:
-                    self._fetch(pages)
-                    return
-            time.sleep(wait)
-
     def _fetch(self, pages: list[tuple[str, str, int, int]]) -> None:
         """One status op (the caller holds ``_fetching``): the snapshot and ``pages`` (one per
-        part/kind), cached."""
-        self._fetch_started = time.monotonic()
+        part/kind), cached with the time the op was sent."""
+        sent = time.monotonic()
         reply = self._client.request(Op.STATUS, events=1, timeout=10, pages=[
             {"part": p, "kind": k, "offset": o, "limit": n} for p, k, o, n in pages])
-        now = time.monotonic()
         with self._lock:
-            self._fetched_at = now
+            self._sent_at = sent
             self._snapshot = reply["state"]
             for part, kind, offset, limit in pages:
-                self._pages[(part, kind, offset, limit)] = (now, reply["pages"][f"{part}/{kind}"])
+                self._pages[(part, kind, offset, limit)] = (sent, reply["pages"][f"{part}/{kind}"])
             self._trim(self._pages)
+
+    def _ask_refresh(self) -> None:
+        """A reader found the cache older than CACHE_S: the refresher refetches now."""
+        if not self._wanted:
+            with self._lock:
+                if not self._wanted:
+                    self._wanted = True
+                    self._wake.notify()
 
     @staticmethod
     def _trim(cache: dict[Any, tuple[float, Any]]) -> None:
@@ -334,10 +377,20 @@ class LiveSource:
             for key in sorted(cache, key=lambda k: cache[k][0])[:len(cache) - RECENT_PAGES]:
                 del cache[key]
 
-    def _fresh(self, cache: dict[Any, tuple[float, Any]], key: Any) -> Any:
+    def _fresh(self, cache: dict[Any, tuple[float, Any]], key: Any, kept: bool = False) -> Any:
+        """The cached answer under ``key`` if it is younger than CACHE_S, else None; one the
+        refresher keeps (``kept``) also up to ``max_stale_s``, asking for a refresh."""
         with self._lock:
             found = cache.get(key)
-        return found[1] if found is not None and time.monotonic() - found[0] < CACHE_S else None
+        if found is None:
+            return None
+        age = time.monotonic() - found[0]
+        if age < CACHE_S:
+            return found[1]
+        if kept and age < self.max_stale_s and self.connected:
+            self._ask_refresh()
+            return found[1]
+        return None
 
     def _status(self, **ask: Any) -> dict[str, Any]:
         """A status op of its own (a page or series the cache does not hold). The coordinator
@@ -349,14 +402,22 @@ class LiveSource:
 
     # -------------------------------------------------------------- reads
     def snapshot(self, at: float | None = None) -> dict[str, Any]:
+        """The coordinator's snapshot as of at most ``max_stale_s`` ago (module docstring): at
+        once while the cached one is that young, else after the refresh in flight (or one of
+        its own). The same object until a refresh replaces it."""
         _not_replay(at)
-        if self.connected and time.monotonic() - self._fetched_at >= CACHE_S:
-            try:
-                with self._fetching:  # whoever waited here finds it fresh
-                    if time.monotonic() - self._fetched_at >= CACHE_S:
-                        self._fetch([])
-            except TorchrtError as e:
-                logger.debug("monitor: status from %s failed: %s", self.endpoint, e)
+        age = time.monotonic() - self._sent_at
+        if age < CACHE_S or not self.connected:
+            return self._snapshot
+        if age < self.max_stale_s:
+            self._ask_refresh()
+            return self._snapshot
+        try:
+            with self._fetching:  # whoever waited here for the refresh in flight finds it in
+                if time.monotonic() - self._sent_at >= self.max_stale_s:
+                    self._fetch([])
+        except TorchrtError as e:
+            logger.debug("monitor: status from %s failed: %s", self.endpoint, e)
         return self._snapshot
 
     def page(self, part: str, kind: str, offset: int = 0, limit: int = 100, at: float | None = None) -> dict[str, Any]:
@@ -367,13 +428,14 @@ class LiveSource:
             self._asked.move_to_end((part, kind))
             while len(self._asked) > RECENT_PAGES:
                 self._asked.popitem(last=False)
-        cached = self._fresh(self._pages, key)
+        cached = self._fresh(self._pages, key, kept=True)  # asked: the refresher keeps it
         if cached is not None:
             return cached
+        sent = time.monotonic()
         found = self._status(pages=[{"part": part, "kind": kind, "offset": offset, "limit": limit}])
         result = found["pages"][f"{part}/{kind}"]
         with self._lock:
-            self._pages[key] = (time.monotonic(), result)
+            self._pages[key] = (sent, result)
             self._trim(self._pages)
         return result
 
@@ -385,9 +447,10 @@ class LiveSource:
         cached = self._fresh(self._points, key)
         if cached is not None:
             return cached
+        sent = time.monotonic()
         result = self._status(points=[{"part": part, "subject": subject, "measure": measure, "level": level}])
         with self._lock:
-            self._points[key] = (time.monotonic(), result["points"][0])
+            self._points[key] = (sent, result["points"][0])
             self._trim(self._points)
         return result["points"][0]
 
@@ -462,9 +525,11 @@ class LiveSource:
         with self._lock:
             self._closed = True
             self._wake.notify()
+            self._tell.notify()
         self._client.close()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
 
 
 # ------------------------------------------------------------------ replay

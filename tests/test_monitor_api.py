@@ -20,7 +20,7 @@ import pytest
 
 from monitor.app import MonitorOptions, close_app, create_app
 from monitor.logs import EventIndex, EventQuery
-from monitor.sources import LiveSource, ReplaySource
+from monitor.sources import CACHE_S, LiveSource, ReplaySource
 from torchrt.contract import EVENT_LEVELS, EventType, Level, Op, Role
 from torchrt.coordinator import Coordinator, CoordinatorClient, CoordinatorConfig
 from torchrt.coordinator.run_dir import EventLog
@@ -274,6 +274,134 @@ def test_a_thousand_api_requests_a_second_cost_the_coordinator_about_ten_status_
     for thread in threads:
         thread.join()
     assert len(answered) > 100 and len(ops) <= 2.0 * 10 + 2, (len(answered), len(ops))
+
+
+class HeldStatus:
+    """A live source whose status ops wait at a gate (then go to the coordinator as they are),
+    counted: a refresh stays in flight for as long as a test holds the gate."""
+
+    def __init__(self, source: LiveSource, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = 0  # status ops that waited at the closed gate
+        self.answered = 0
+        self._count = threading.Lock()
+        real = source._client.request
+
+        def request(op: str, *args: Any, **kwargs: Any) -> Any:
+            if op != Op.STATUS:
+                return real(op, *args, **kwargs)
+            if not self.gate.is_set():
+                with self._count:
+                    self.held += 1
+            assert self.gate.wait(30), "the test never opened the gate"
+            try:
+                return real(op, *args, **kwargs)
+            finally:
+                with self._count:
+                    self.answered += 1
+
+        monkeypatch.setattr(source._client, "request", request)
+
+    def hold(self) -> None:
+        """Close the gate and wait for a refresh to be held at it (the running job's reports
+        keep changing the view, so the source refreshes within CACHE_S)."""
+        self.gate.clear()
+        wait_until(lambda: self.held >= 1, 10, "a status op of the source in flight")
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def emit(job: LiveJob, marker: str) -> None:
+    """One logged event, recorded on the coordinator's loop as the coordinator records them."""
+    coordinator = job.coordinator
+    coordinator.read_view(lambda _view: coordinator.events.emit(EventType.ERROR, where=marker, error=marker))
+
+
+def in_thread(call: Any) -> tuple[threading.Event, list[Any]]:
+    """``call()`` on a thread of its own: set when it returned, and what it returned."""
+    done, result = threading.Event(), []
+    threading.Thread(target=lambda: (result.append(call()), done.set()), daemon=True).start()
+    return done, result
+
+
+def test_a_listener_gets_a_new_event_at_once_and_the_fresh_snapshot_after(live, monkeypatch):
+    source = LiveSource(live.job.endpoint, token=TOKEN)
+    status = HeldStatus(source, monkeypatch)
+    told: list[tuple[list[dict[str, Any]], int]] = []  # (events, status ops answered by then)
+    source.subscribe(lambda events: told.append((events, status.answered)))
+    try:
+        status.hold()
+        answered = status.answered
+        emit(live.job, "told-at-once")
+        wait_until(lambda: any(e.get("where") == "told-at-once" for events, _ in told for e in events), 10,
+                   "the listener to be told the event while the refresh is held")
+        assert status.answered == answered  # no status op answered in between: the event came in the push
+        assert len(source.events(EventQuery(q="told-at-once"))["items"]) == 1  # and the log has it already
+        status.release()
+        wait_until(lambda: any(events == [] and n > answered for events, n in told), 10,
+                   "the listener to be told again once the refresh is in")
+    finally:
+        status.release()
+        source.close()
+
+
+def test_a_request_during_a_refresh_gets_the_previous_snapshot_at_once(live, monkeypatch):
+    source = LiveSource(live.job.endpoint, token=TOKEN, max_stale_s=60.0)  # the bound out of the way
+    status = HeldStatus(source, monkeypatch)
+    api = Api(source, token=TOKEN)
+    try:
+        before = api.get("/snapshot")["snapshot"]
+        source.page("workers", "workers", 0, 2)  # asked: a page the source keeps fresh
+        status.hold()
+        done, answer = in_thread(lambda: api.get("/snapshot")["snapshot"])
+        assert done.wait(10), "the request waited for the refresh in flight"
+        assert answer[0]["written_at"] == before["written_at"]
+        done, again = in_thread(lambda: source.page("workers", "workers", 0, 2))
+        assert done.wait(10), "a kept page waited for the refresh in flight"
+        assert again[0]["total"] == RANKS and source.page("workers", "workers", 0, 2) is again[0]
+        status.release()
+        wait_until(lambda: api.get("/snapshot")["snapshot"]["written_at"] > before["written_at"], 10,
+                   "the refreshed snapshot")
+    finally:
+        status.release()
+        api.close()
+
+
+def test_a_snapshot_older_than_the_staleness_bound_waits_for_the_refresh(live, monkeypatch):
+    source = LiveSource(live.job.endpoint, token=TOKEN, max_stale_s=CACHE_S)  # a refresh starts past the bound
+    status = HeldStatus(source, monkeypatch)
+    try:
+        before = source.snapshot()
+        status.hold()
+        done, answer = in_thread(source.snapshot)
+        assert not done.wait(0.5), "a snapshot past the bound was served while its refresh was held"
+        status.release()
+        assert done.wait(10)
+        assert answer[0] is not before and answer[0]["written_at"] > before["written_at"]
+    finally:
+        status.release()
+        source.close()
+    with pytest.raises(ValueError, match=r"max_stale_s: expected seconds >= CACHE_S"):
+        LiveSource(live.job.endpoint, token=TOKEN, max_stale_s=CACHE_S / 2)
+
+
+def test_the_snapshot_answer_is_encoded_once_per_refresh_not_per_request(live, monkeypatch):
+    source = LiveSource(live.job.endpoint, token=TOKEN, max_stale_s=60.0)
+    status = HeldStatus(source, monkeypatch)
+    api = Api(source, token=TOKEN)
+    encodes = []
+    real = api.app.json.dumps
+    monkeypatch.setattr(api.app.json, "dumps", lambda *a, **k: encodes.append(1) or real(*a, **k))
+    try:
+        status.hold()  # no refresh lands: the snapshot stays the same object
+        texts = {api.text("/snapshot") for _ in range(50)}
+        # the monitor's own requests/s in it changes once a second: a new snapshot object then
+        assert len(encodes) <= 3 and len(texts) == len(encodes), (len(encodes), len(texts))
+    finally:
+        status.release()
+        api.close()
 
 
 # ------------------------------------------------------------------ the parts on their own
