@@ -8,9 +8,10 @@ connections say hello for that round and, every second each, send one
 ``step_progress``, as torchrt.step's reporter does), each node one
 ``node_stats`` sample of itself and its workers. As a real worker's reporter
 (:func:`torchrt.telemetry.coordinator_reporter`), a rank sends its batches
-without an id (no reply) and, when the run ends, one last telemetry request,
-answered once the coordinator took everything before it; a node asks for a
-reply to each sample, as the rendezvous handler does. Reports start at random
+without an id (no reply), every tenth as a request, and, when the run ends,
+one last telemetry request, answered once the coordinator took everything
+before it; a node asks for a reply to each sample, as the rendezvous handler
+does. Reports start at random
 offsets within the second so they arrive spread, as real ranks' do. It prints
 ``ready ROUND`` once every connection said hello and reports flow, then runs
 until its stdin closes; at the end it prints one JSON line of counts (reports
@@ -26,6 +27,7 @@ import sys
 from typing import Any
 
 from torchrt.contract import PROTOCOL_VERSION, EventType, Op, Role
+from torchrt.telemetry.reporter import CONFIRM_EVERY
 
 RUN_ID = "bench-ingest"
 
@@ -111,7 +113,11 @@ async def main(endpoint: str, nodes: int, per_node: int) -> None:
         step = 0
         while True:
             step += 10
-            conn.send(Op.TELEMETRY, events=[step_report(rank, step, step % 100 == 0)])
+            events = [step_report(rank, step, step % 100 == 0)]
+            if (step // 10) % CONFIRM_EVERY:
+                conn.send(Op.TELEMETRY, events=events)
+            else:
+                conn.request(Op.TELEMETRY, events=events)
             counts["sent"] += 1
             await asyncio.sleep(1.0)
 

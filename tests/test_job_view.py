@@ -170,6 +170,8 @@ def test_in_lock_step_a_rank_with_a_slow_loader_is_flagged_on_its_data_wait_and_
     try:
         [alert] = wait_until(lambda: events(run_dir, EventType.RANK_STRAGGLING), JOB_S, "rank 1 flagged")
         assert alert["rank"] == 1 and alert["measure"] == "data_wait_ms" and alert["value_ms"] >= 60, alert
+        assert rows(coordinator, "workers", "workers")[1]["alerts"][EventType.RANK_STRAGGLING]["measure"] == \
+            "data_wait_ms"  # what the Tasks page says: it waits for its data
         (tmp_path / "faster").touch()
         [recovered] = wait_until(lambda: events(run_dir, EventType.RANK_RECOVERED), JOB_S, "rank 1 to recover")
         assert recovered["rank"] == 1 and recovered["was"] == EventType.RANK_STRAGGLING

@@ -21,6 +21,7 @@ import torchrt
 from torchrt.contract import EventType, Op, Role
 from torchrt.coordinator import CoordinatorClient
 from torchrt.data import ShardedPipeline
+from torchrt.errors import CoordinatorUnavailableError
 from torchrt.data.sources import ArraySource
 from torchrt.telemetry import Reporter, coordinator_reporter
 from torchrt.telemetry import steps as steps_module
@@ -133,6 +134,38 @@ def test_a_reporters_last_flush_goes_to_confirm_even_when_it_has_nothing_to_say(
     reporter.close()
     assert [[e["name"] for e in batch] for batch in sent] == [["loss"]]
     assert confirmed == [[]]
+
+
+class SilentCoordinator:
+    """A channel to a coordinator that takes what is sent and answers no request (it hangs)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def send(self, op: str, **fields: Any) -> None:
+        self.calls.append("send")
+
+    def request(self, op: str | None = None, *, timeout: float | None = 30.0, **fields: Any) -> Any:
+        self.calls.append("request")
+        if len(self.calls) > 20:
+            return {"ok": True}  # it answers again
+        raise CoordinatorUnavailableError(f"the coordinator did not answer {op!r} within {timeout:g}s")
+
+
+def test_at_most_ten_batches_go_unanswered_and_after_a_missing_answer_each_waits_for_one(caplog):
+    """A coordinator that stops reading (hung, not gone) must not fill the worker's socket buffer
+    until a send blocks for good: every tenth batch is a request, and while requests go unanswered
+    every flush is one (waiting, as each did before batches went without a reply)."""
+    channel = SilentCoordinator()
+    reporter = coordinator_reporter(channel, flush_interval=60)
+    try:
+        for _ in range(25):
+            reporter.emit(EventType.METRIC, name="loss", value=1.0, step=1)
+            reporter.flush()
+    finally:
+        reporter.close()
+    assert channel.calls == ["send"] * 9 + ["request"] * 12 + ["send"] * 4 + ["request"]  # the last: close's
+    assert "could not deliver" in caplog.text
 
 
 def test_a_workers_batches_do_not_wait_for_the_coordinator_and_its_last_word_is_taken_before_close(coordinator):

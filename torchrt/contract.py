@@ -113,7 +113,7 @@ class Op(_Name):
     PING = "ping"
     STATUS = "status"
     SUBSCRIBE = "subscribe"
-    TELEMETRY = "telemetry"
+    TELEMETRY = "telemetry"      # reports; a worker sends most without an id: no reply (torchrt.telemetry.reporter)
     STACKS = "stacks"            # a worker's answer to a dump_stacks push (no id: it gets no reply)
     DUMP_STACKS = "dump_stacks"  # take the Python stacks of one rank or of every rank
 

@@ -18,8 +18,14 @@ instead, even with nothing left to say: ops of one connection are taken in
 order, so once it is answered the coordinator has taken every batch sent before
 it, and the process's last reports (its logged last word) are in the record
 before its connection closes and the coordinator records ``worker_stopped``.
-A batch that cannot be delivered (the connection is gone) is logged, as before;
-a full queue drops and counts (``telemetry_dropped``), never blocks.
+Every :data:`CONFIRM_EVERY`-th batch is a request too, and so is every batch
+after a request that was not answered: at most that many batches are ever in
+flight unanswered, so a coordinator that stops reading (hung, not gone) fills
+no socket buffer until a send blocks for good (and the worker's exit with it);
+each flush then waits for an answer, at most :data:`ANSWER_TIMEOUT_S`, as every
+flush did before. A batch that cannot be delivered (the connection is gone, no
+answer) is logged, as before; a full queue drops and counts
+(``telemetry_dropped``), never blocks.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ Sink = Callable[[list[Event]], None]
 Source = Callable[[bool], list[Event]]  # final -> this window's reports
 
 DEFAULT_FLUSH_INTERVAL_S = 1.0
-FINAL_FLUSH_TIMEOUT_S = 10.0  # the process's last flush waits this long for the coordinator's answer
+ANSWER_TIMEOUT_S = 10.0  # a batch sent as a request waits this long for the coordinator's answer
+CONFIRM_EVERY = 10  # of a coordinator reporter's batches, at most this many in a row go without an answer
 _sources: list[Source] = []
 
 
@@ -130,12 +137,34 @@ class Channel(Protocol):
     def request(self, op: str | None = None, *, timeout: float | None = 30.0, **fields: Any) -> Any: ...
 
 
+class _Delivery:
+    """A coordinator reporter's sink: telemetry ops sent without a reply, but at most
+    :data:`CONFIRM_EVERY` in a row unanswered (see the module docstring)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.unanswered = 0  # batches sent since the last answered request
+
+    def send(self, events: list[Event]) -> None:
+        if self.unanswered + 1 >= CONFIRM_EVERY:
+            self.confirm(events)
+            return
+        self.channel.send(Op.TELEMETRY, events=events)
+        self.unanswered += 1
+
+    def confirm(self, events: list[Event]) -> None:
+        """``events`` as a request: returns once the coordinator took it and everything before it
+        (raises when it does not answer; the next batch is a request again)."""
+        self.unanswered += 1
+        self.channel.request(Op.TELEMETRY, events=events, timeout=ANSWER_TIMEOUT_S)
+        self.unanswered = 0
+
+
 def coordinator_reporter(channel: Channel, flush_interval: float = DEFAULT_FLUSH_INTERVAL_S) -> Reporter:
     """A reporter whose batches go to the coordinator over ``channel`` as telemetry ops: sent
-    without waiting for a reply, the last one a request (see the module docstring)."""
-    return Reporter(lambda events: channel.send(Op.TELEMETRY, events=events), flush_interval,
-                    confirm=lambda events: channel.request(Op.TELEMETRY, events=events,
-                                                           timeout=FINAL_FLUSH_TIMEOUT_S))
+    without waiting for a reply, every tenth and the last one a request (see the module docstring)."""
+    delivery = _Delivery(channel)
+    return Reporter(delivery.send, flush_interval, confirm=delivery.confirm)
 
 
 class NullReporter(Reporter):

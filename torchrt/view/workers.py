@@ -16,10 +16,13 @@ the live reports are not in the record, a row of a *stopped* worker goes back
 to its last logged report: a view replayed from the run directory then holds
 the same rows as the live one, whichever way each worker ended (a worker that
 exits cleanly logs its last figures, so nothing is lost then). At a thousand
-ranks a report arrives every millisecond, so the fold keeps a reference to the
-rank's last report (and last logged one) and reads the figures out of it only
-when a snapshot or a page is asked for: a report costs two dictionary stores,
-not a copy of its fields.
+ranks a report arrives every millisecond, so a report costs one small dict of
+its figures (built in C: ``dict(zip(...))``), kept per rank apart from the row
+and merged into it only when a page is asked for. A copy, not the report
+itself: a report holds containers (its scalars), which makes it an object the
+garbage collector tracks, and keeping a thousand of them alive a second made
+its full passes (~0.2 s each with torch loaded) run every few seconds; a dict
+of plain values is not tracked at all.
 
 **Alerts** (``rank_straggling``, ``rank_stalled``, ``rank_recovered``, the
 coordinator's decisions of :mod:`torchrt.view.alerts`) are kept per row while
@@ -39,6 +42,7 @@ between ranks; sum of ``samples_per_s``: the job's throughput).
 
 from __future__ import annotations
 
+import heapq
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -60,10 +64,13 @@ _ALERTS = frozenset({EventType.RANK_STRAGGLING, EventType.RANK_STALLED})
 _NO_PROGRESS: dict[str, Any] = dict.fromkeys(PROGRESS) | {"reported_at": None}
 
 
+_ROW_KEYS = (*PROGRESS, "reported_at")  # a row's progress fields ...
+_REPORT_KEYS = (*PROGRESS, "ts")  # ... from these of its step report
+
+
 def _progress_of(report: Event) -> dict[str, Any]:
-    """A row's progress fields from its rank's last step report."""
-    get = report.get
-    return {key: get(key) for key in PROGRESS} | {"reported_at": get("ts")}
+    """A row's progress fields from a step report (see the module docstring)."""
+    return dict(zip(_ROW_KEYS, map(report.get, _REPORT_KEYS)))
 
 
 class WorkersFold:
@@ -76,8 +83,8 @@ class WorkersFold:
 
     def __init__(self) -> None:
         self.ranks: dict[int, dict[str, Any]] = {}  # rank -> its row, but for the progress fields:
-        self.reports: dict[int, Event] = {}  # rank -> the step report its row shows
-        self.logged: dict[int, Event] = {}  # rank -> its last logged step report
+        self.progress: dict[int, dict[str, Any]] = {}  # rank -> the progress its row shows
+        self.logged: dict[int, dict[str, Any]] = {}  # rank -> the progress of its last logged report
         self.world_size: int | None = None
         self.round: int | None = None
         self.stops: deque[dict[str, Any]] = deque(maxlen=RECENT_STOPS)
@@ -97,19 +104,19 @@ class WorkersFold:
             row.update(state="stopped", stopped_at=event.get("ts"), reason=event.get("reason"))
             last = self.logged.get(rank)  # what the record holds of its progress
             if last is None:
-                self.reports.pop(rank, None)
+                self.progress.pop(rank, None)
             else:
-                self.reports[rank] = last
+                self.progress[rank] = last
             self.stops.append({k: row[k] for k in ("rank", "node_id", "pid", "stopped_at", "reason")})
             return True
         if row is None or row["state"] != "running":
             return False  # a report or alert of a rank that has no running worker in the record
         if kind in STEP_REPORTS:
-            self.reports[rank] = event
+            progress = self.progress[rank] = _progress_of(event)
             if kind == EventType.STEP_PROGRESS:
-                self.logged[rank] = event
+                self.logged[rank] = progress
         elif kind in _ALERTS:
-            row["alerts"] = {**row["alerts"], str(kind): {k: event.get(k) for k in ("ratio", "step", "silent_s")
+            row["alerts"] = {**row["alerts"], str(kind): {k: event.get(k) for k in ("ratio", "measure", "step", "silent_s")
                                                            if k in event} | {"since": event.get("ts")}}
         else:  # rank_recovered
             was = event.get("was")
@@ -126,7 +133,7 @@ class WorkersFold:
         self.ranks[rank] = {"rank": rank, **{k: event.get(k) for k in _STARTED}, "state": "running",
                             "started_at": event.get("ts"), "stopped_at": None, "reason": None,
                             "starts": (previous["starts"] if previous else 0) + 1, **_NO_PROGRESS, "alerts": {}}
-        self.reports.pop(rank, None)
+        self.progress.pop(rank, None)
         self.logged.pop(rank, None)
         if isinstance(event.get("world_size"), int):
             self.world_size = event["world_size"]
@@ -152,26 +159,40 @@ class WorkersFold:
                 "recent_stops": list(self.stops), "progress": self._progress(), "alerts": self._alerts()}
 
     def _progress(self) -> JSON:
-        """The running ranks' progress, summarised (in rank-row order, as a replay has it)."""
-        reports = self.reports
-        live = [(rank, report) for rank, row in self.ranks.items()
-                if row["state"] == "running" and (report := reports.get(rank)) is not None
-                and report.get("ts") is not None]
-        steps = [(step, rank) for rank, report in live if isinstance(step := report.get("step"), int)]
-        epochs = [epoch for _, report in live if isinstance(epoch := report.get("epoch"), int)]
-        timed = [(value, rank) for rank, report in live if (value := number(report.get("step_ms"))) is not None]
-        rates = [value for _, report in live if (value := number(report.get("samples_per_s"))) is not None]
-        slowest = sorted(timed, reverse=True)[:SHOWN]
-        behind = sorted(steps)[:SHOWN]
-        return {"reporting": len(live),
-                "step": {"min": min(steps)[0] if steps else None, "max": max(steps)[0] if steps else None},
+        """The running ranks' progress, summarised (in rank-row order, as a replay has it).
+
+        A snapshot is taken several times a second at a thousand ranks, so this makes no object per
+        rank that the garbage collector tracks (lists of numbers and of the rows' own dicts; the
+        slowest and furthest-behind come from heaps of five): a burst of thousands of tuples here
+        set off collections that promoted them, and then the collector's full passes."""
+        progress = self.progress
+        reports, steps, stepped, epochs, times, timed, rates = [], [], [], [], [], [], []
+        for rank, row in self.ranks.items():
+            report = progress.get(rank)
+            if row["state"] != "running" or report is None or report["reported_at"] is None:
+                continue
+            reports.append(report)
+            if isinstance(step := report["step"], int):
+                steps.append(step)
+                stepped.append(rank)
+            if isinstance(epoch := report["epoch"], int):
+                epochs.append(epoch)
+            if (value := number(report["step_ms"])) is not None:
+                times.append(value)
+                timed.append(rank)
+            if (value := number(report["samples_per_s"])) is not None:
+                rates.append(value)
+        slowest = heapq.nlargest(SHOWN, zip(times, timed))
+        behind = heapq.nsmallest(SHOWN, zip(steps, stepped))
+        return {"reporting": len(reports),
+                "step": {"min": min(steps, default=None), "max": max(steps, default=None)},
                 "epoch": {"min": min(epochs, default=None), "max": max(epochs, default=None)},
                 "samples_per_s": round(sum(rates), 3) if rates else None,
-                "step_ms": {"median": round(statistics.median(v for v, _ in timed), 3) if timed else None,
+                "step_ms": {"median": round(statistics.median(times), 3) if times else None,
                             "max": slowest[0][0] if slowest else None},
                 "slowest": [{"rank": rank, "step_ms": value} for value, rank in slowest],
                 "behind": [{"rank": rank, "step": step} for step, rank in behind],
-                "last_report_at": max((report["ts"] for _, report in live), default=None)}
+                "last_report_at": max((report["reported_at"] for report in reports), default=None)}
 
     def _alerts(self) -> JSON:
         alerted = [(row["rank"], sorted(row["alerts"])) for row in self.ranks.values() if row["alerts"]]
@@ -183,6 +204,5 @@ class WorkersFold:
                                             sorted(alerted)[:4 * SHOWN]]}
 
     def rows(self, kind: str) -> Sequence[JSON]:
-        reports = self.reports
-        return [row | _progress_of(reports[rank]) if rank in reports else row
-                for rank, row in sorted(self.ranks.items())]
+        progress = self.progress
+        return [row | progress[rank] if rank in progress else row for rank, row in sorted(self.ranks.items())]

@@ -106,7 +106,10 @@ function statusCell(row, view) {
   const status = workerStatus(row, dir, view.snapshot);
   const alerts = row.alerts || {};
   const extra = [];
-  if (alerts[STRAGGLING] && typeof alerts[STRAGGLING].ratio === "number") extra.push(`${num(alerts[STRAGGLING].ratio, 1)}× slower`);
+  const straggling = alerts[STRAGGLING];
+  if (straggling && straggling.measure === "data_wait_ms") {
+    extra.push(typeof straggling.ratio === "number" ? `waits ${num(straggling.ratio, 1)}× longer for data` : "waits for data");
+  } else if (straggling && typeof straggling.ratio === "number") extra.push(`${num(straggling.ratio, 1)}× slower`);
   if (alerts[STALLED] && typeof alerts[STALLED].silent_s === "number") extra.push(`silent ${duration(alerts[STALLED].silent_s)}`);
   return el("span", {}, stateChip(status), extra.length ? el("span", { class: "hint" }, ` ${extra.join(", ")}`) : null);
 }
