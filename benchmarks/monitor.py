@@ -91,7 +91,7 @@ WERKZEUG = """
 import sys
 from monitor.app import create_app
 from monitor.serve import MonitorServer
-from monitor.sources import LiveSource
+from monitor.live_source import LiveSource
 server = MonitorServer(create_app(LiveSource(sys.argv[1]))).start()
 print(server.url, flush=True)
 sys.stdin.read()

@@ -1,7 +1,7 @@
 """``torchrt monitor``, and the monitor process ``torchrt coordinator`` (hence ``torchrt run``) starts.
 
-:func:`serve_monitor` is the command: a :class:`~monitor.sources.LiveSource` on a coordinator's
-endpoint, or a :class:`~monitor.sources.ReplaySource` on a finished run's directory, served by
+:func:`serve_monitor` is the command: a :class:`~monitor.live_source.LiveSource` on a coordinator's
+endpoint, or a :class:`~monitor.replay_source.ReplaySource` on a finished run's directory, served by
 gunicorn (:func:`monitor.serve.serve_gunicorn`; 127.0.0.1, a free port unless told; another
 address needs a token), with TensorBoard alongside on the run's event files unless
 ``--no-tensorboard``. Its first line on stdout is :data:`SERVING` and the URL, once the app is
@@ -54,7 +54,9 @@ def serve_monitor(*, endpoint: str | None, run_dir: str | None, token: str | Non
     from monitor.app import MonitorOptions, create_app
     from monitor.auth import check_bind
     from monitor.serve import serve_gunicorn
-    from monitor.sources import LiveSource, ReplaySource, ViewSource
+    from monitor.live_source import LiveSource
+    from monitor.replay_source import ReplaySource
+    from monitor.sources import ViewSource
     from monitor.tensorboard import start_in_background
     from torchrt.coordinator.client import ping
     from torchrt.errors import CoordinatorUnavailableError

@@ -6,10 +6,14 @@ directory, read through one :class:`~monitor.sources.ViewSource`.
 
 Modules, one job each:
 
-* :mod:`monitor.sources`: the ``ViewSource`` protocol, with two implementations.
-  ``LiveSource`` is an observer connection to a coordinator (``status`` with pages and series
-  points, ``subscribe`` for pushes), cached for 100 ms, with an operator connection for stack
-  dumps. ``ReplaySource`` is a run directory, with a time cursor for the slider.
+* :mod:`monitor.sources`: the ``ViewSource`` protocol, and the answer shaping both sources
+  share (secrets left out, dumps grouped).
+* :mod:`monitor.live_source`: ``LiveSource``, an observer connection to a coordinator
+  (``status`` with pages and series points, ``subscribe`` for pushes). Its answers are cached
+  for 100 ms and served stale up to 250 ms while a refresh runs; stack dumps go over an
+  operator connection.
+* :mod:`monitor.replay_source`: ``ReplaySource``, a run directory, with a time cursor for the
+  slider.
 * :mod:`monitor.logs`: the event log's query (filters, paging newest first) over
   ``events.jsonl``, with a bounded index.
 * :mod:`monitor.api`: the ``/api/v1`` blueprint (docs/api.md).

@@ -11,6 +11,9 @@ from torchrt.coordinator import Coordinator, CoordinatorConfig
 from torchrt.telemetry import set_reporter
 
 from tests.helpers import RecordingReporter
+# One definition for the session, so every module that asks for it shares the one finished run
+# (imported into each test module instead, pytest would build one per module).
+from tests.monitor_env import finished_run_dir  # noqa: F401 (a fixture)
 
 # `torchrt run` / `torchrt coordinator` in the tests start no monitor (and no TensorBoard) unless a test
 # asks for one (`--monitor`, or its own environment without this): they cost CPU seconds each.

@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from monitor.app import MonitorOptions, create_app
-from monitor.sources import ReplaySource
+from monitor.replay_source import ReplaySource
 from torchrt.coordinator import ping
 
 from tests.helpers import events, free_port, wait_until

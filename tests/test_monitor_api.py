@@ -1,7 +1,7 @@
 """The monitor's JSON API against a real coordinator fed by a real job, and against a finished run.
 
 Live: a coordinator in this process with a token and two torchrun agents of two workers each
-(tests/monitor_env.py LiveJob), watched through monitor.sources.LiveSource over TCP, served by
+(tests/monitor_env.py LiveJob), watched through monitor.live_source.LiveSource over TCP, served by
 the real app (monitor.app.create_app). Replay: the run directory of such a job after it ended
 (the session's ``finished_run_dir``), through ReplaySource. The event index, the status op's
 ``points`` and the datasets' ``previews`` rows are also tested on their own, on real files.
@@ -20,7 +20,8 @@ import pytest
 
 from monitor.app import MonitorOptions, close_app, create_app
 from monitor.logs import EventIndex, EventQuery
-from monitor.sources import CACHE_S, LiveSource, ReplaySource
+from monitor.live_source import CACHE_S, LiveSource
+from monitor.replay_source import ReplaySource
 from torchrt.contract import EVENT_LEVELS, EventType, Level, Op, Role
 from torchrt.coordinator import Coordinator, CoordinatorClient, CoordinatorConfig
 from torchrt.coordinator.run_dir import EventLog
@@ -30,7 +31,7 @@ from torchrt.view.alerts import AlertsFold
 
 from tests.helpers import events as logged_events
 from tests.helpers import wait_until
-from tests.monitor_env import RANKS, LiveJob, finished_run_dir  # noqa: F401 (a fixture)
+from tests.monitor_env import RANKS, LiveJob
 
 pytestmark = pytest.mark.xdist_group("monitor")  # one session run for the monitor tests (tests/monitor_env.py)
 
@@ -66,7 +67,7 @@ class Api:
 
 # ------------------------------------------------------------------ replay
 @pytest.fixture(scope="module")
-def replay(finished_run_dir):  # noqa: F811 (the fixture imported above)
+def replay(finished_run_dir):
     api = Api(ReplaySource(finished_run_dir))
     yield api
     api.close()

@@ -1,7 +1,7 @@
 """The monitor's server side against a real job: access, the websocket, /metrics, errors.
 
 One real two-node torchrun job with a token (tests/monitor_env.py ``LiveJob``) runs for the whole
-module; a monitor app over a :class:`~monitor.sources.LiveSource` of it is served by
+module; a monitor app over a :class:`~monitor.live_source.LiveSource` of it is served by
 :class:`~monitor.serve.MonitorServer` on 0.0.0.0 (reachable from other machines, hence the
 token) and reached over real HTTP and websocket connections on 127.0.0.1.
 """
@@ -24,7 +24,7 @@ from monitor.app import MonitorOptions, close_app, create_app
 from monitor.auth import COOKIE, InsecureBindError, session_value
 from monitor.live import MAX_EVENTS, _Socket
 from monitor.serve import MonitorServer
-from monitor.sources import LiveSource
+from monitor.live_source import LiveSource
 from torchrt.contract import EventType
 
 from tests.helpers import wait_until

@@ -3,7 +3,7 @@
 The system Chromium (``/usr/bin/chromium``) through pytest-playwright. Live: a coordinator and
 two torchrun agents of two workers each (tests/monitor_env.py ``LiveJob``: DDP on the digits
 with torchrt.data previews, checkpoints, step reports), watched by the real app
-(monitor.app.create_app over monitor.sources.LiveSource) served by MonitorServer on a free
+(monitor.app.create_app over monitor.live_source.LiveSource) served by MonitorServer on a free
 loopback port. Replay: the run directory of such a job after it ended (the session's
 ``finished_run_dir``) through ReplaySource.
 
@@ -28,11 +28,12 @@ import pytest
 
 from monitor.app import MonitorOptions, create_app
 from monitor.serve import MonitorServer
-from monitor.sources import LiveSource, ReplaySource
+from monitor.live_source import LiveSource
+from monitor.replay_source import ReplaySource
 from torchrt.contract import EventType
 
 from tests.helpers import events as logged_events
-from tests.monitor_env import RANKS, LiveJob, finished_run_dir  # noqa: F401 (a fixture)
+from tests.monitor_env import RANKS, LiveJob
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")  # what `make test` installs (Makefile: browser)
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -87,7 +88,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 
 @pytest.fixture(scope="module")
-def replay(finished_run_dir: Path) -> Iterator[str]:  # noqa: F811 (the imported fixture)
+def replay(finished_run_dir: Path) -> Iterator[str]:
     """A monitor replaying the finished run's directory."""
     with MonitorServer(create_app(ReplaySource(finished_run_dir), MonitorOptions())) as server:
         yield server.url
@@ -128,7 +129,7 @@ def card_value(page, label: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- replay
-def test_replay_slider_shows_the_job_as_of_that_time(replay: str, finished_run_dir: Path,  # noqa: F811
+def test_replay_slider_shows_the_job_as_of_that_time(replay: str, finished_run_dir: Path,
                                                      page, console: list[str]) -> None:
     started = [e["ts"] for e in logged_events(finished_run_dir, EventType.WORKER_STARTED)]
     stopped = [e["ts"] for e in logged_events(finished_run_dir, EventType.WORKER_STOPPED)]
@@ -160,7 +161,7 @@ def test_replay_slider_shows_the_job_as_of_that_time(replay: str, finished_run_d
     assert console == []
 
 
-def test_logs_filters_narrow_the_log(replay: str, finished_run_dir: Path, page,  # noqa: F811
+def test_logs_filters_narrow_the_log(replay: str, finished_run_dir: Path, page,
                                      console: list[str]) -> None:
     committed = len(logged_events(finished_run_dir, EventType.CHECKPOINT_COMMITTED))
     rows = page.locator("#events tbody tr")

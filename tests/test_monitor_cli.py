@@ -23,7 +23,7 @@ from launch.monitor import SERVING
 from torchrt.contract import Env
 from tests.agents import REPO
 from tests.helpers import free_port, wait_until
-from tests.monitor_env import RANKS, finished_run_dir  # noqa: F401 (a fixture)
+from tests.monitor_env import RANKS
 
 pytestmark = pytest.mark.xdist_group("monitor")  # one session run for the monitor tests (tests/monitor_env.py)
 
@@ -70,7 +70,7 @@ def stop(proc: subprocess.Popen[str]) -> int:
             proc.wait()
 
 
-def test_monitor_replays_a_finished_run_with_tensorboard(finished_run_dir: Path) -> None:  # noqa: F811
+def test_monitor_replays_a_finished_run_with_tensorboard(finished_run_dir: Path) -> None:
     monitor = subprocess.Popen([*TORCHRT, "monitor", "--run-dir", str(finished_run_dir)], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
