@@ -46,8 +46,8 @@ from torchrt.errors import ProtocolError, TorchrtError
 
 from monitor.errors import NotFoundError, QueryError
 from monitor.logs import EventIndex, EventQuery
-from monitor.sources import (Listener, check_level, grouped_dump, listed_dumps, not_replay, public, read_dump,
-                             versions)
+from monitor.sources import (Listener, RunRecord, check_level, grouped_dump, not_replay, public,
+                             read_dump, versions)
 
 __all__ = ["CACHE_S", "LiveSource", "MAX_STALE_S"]
 
@@ -61,7 +61,7 @@ MAX_DUMPS_KEPT = 16    # dumps taken through a live source without a readable ru
 MAX_BACKOFF_S = 5.0
 
 
-class LiveSource:
+class LiveSource(RunRecord):
     """The view of a running coordinator (see the module docstring)."""
 
     mode = "live"
@@ -341,15 +341,6 @@ class LiveSource:
             self._points[key] = (sent, result["points"][0])
             self._trim(self._points)
         return result["points"][0]
-
-    def events(self, query: EventQuery) -> dict[str, Any]:
-        return self.log.query(query)
-
-    def span(self) -> tuple[float | None, float | None]:
-        return self.log.span()
-
-    def stacks(self) -> list[dict[str, Any]]:
-        return listed_dumps(self.log)
 
     def stack_dump(self, request: int) -> dict[str, Any]:
         dump = read_dump(self.run_dir, request)

@@ -26,12 +26,12 @@ from torchrt.view.series import LEVELS, series_name
 
 from monitor.errors import NotFoundError, NotLiveError
 from monitor.logs import EventIndex, EventQuery
-from monitor.sources import Listener, check_level, grouped_dump, listed_dumps, public, read_dump, versions, view_query
+from monitor.sources import Listener, RunRecord, check_level, grouped_dump, public, read_dump, versions, view_query
 
 __all__ = ["ReplaySource"]
 
 
-class ReplaySource:
+class ReplaySource(RunRecord):
     """The view of a finished (or crashed) run, from its directory alone (see the module docstring)."""
 
     mode = "replay"
@@ -82,15 +82,6 @@ class ReplaySource:
                     entry["last"][series_name(subject, measure)] = [cut["t"][-1], cut["last"][-1]]
                     break
         return out
-
-    def events(self, query: EventQuery) -> dict[str, Any]:
-        return self.log.query(query)
-
-    def span(self) -> tuple[float | None, float | None]:
-        return self.log.span()
-
-    def stacks(self) -> list[dict[str, Any]]:
-        return listed_dumps(self.log)
 
     def stack_dump(self, request: int) -> dict[str, Any]:
         dump = read_dump(self.run_dir, request)

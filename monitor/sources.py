@@ -33,7 +33,7 @@ from torchrt.view.stacks import StackDumpError, group_stacks, render, summary
 from monitor.errors import NotFoundError, NotLiveError, QueryError
 from monitor.logs import EventIndex, EventQuery
 
-__all__ = ["Listener", "NotFoundError", "NotLiveError", "QueryError", "ViewSource", "check_level", "grouped_dump",
+__all__ = ["Listener", "NotFoundError", "NotLiveError", "QueryError", "RunRecord", "ViewSource", "check_level", "grouped_dump",
            "listed_dumps", "not_replay", "public", "read_dump", "versions", "view_query"]
 
 SECRET = re.compile(r"token|secret|passw|credential|api_?key|private", re.IGNORECASE)
@@ -61,6 +61,22 @@ class ViewSource(Protocol):
 
 
 # ------------------------------------------------------------------ shared
+class RunRecord:
+    """What both sources read from the run's record the same way: its event log (``self.log``)
+    and the list of its stack dumps."""
+
+    log: EventIndex
+
+    def events(self, query: EventQuery) -> dict[str, Any]:
+        return self.log.query(query)
+
+    def span(self) -> tuple[float | None, float | None]:
+        return self.log.span()
+
+    def stacks(self) -> list[dict[str, Any]]:
+        return listed_dumps(self.log)
+
+
 def public(value: Any) -> Any:
     """``value`` without any key that looks like a secret (token, secret, password, ...); a
     boolean under such a key (``token_required``) says only whether there is one, and stays."""

@@ -34,6 +34,7 @@ import pytest
 
 from torchrt.contract import EventType, Op, Role
 from torchrt.coordinator import Coordinator, CoordinatorClient, CoordinatorConfig
+from torchrt.view.fold import ViewQueryError
 
 from tests.agents import Agent
 from tests.helpers import events, wait_until
@@ -131,6 +132,18 @@ class LiveJob:
 
         return wait_until(check, timeout, what, interval=0.1)
 
+    def series_seconds(self, part: str, subject: str, measure: str) -> int:
+        """How many closed 1 s points the coordinator's view has of a series (0: none yet)."""
+        assert self.coordinator is not None
+
+        def count(view: Any) -> int:
+            try:
+                return len(view.points(part, subject, measure)["t"])
+            except ViewQueryError:
+                return 0
+
+        return self.coordinator.read_view(count)
+
     def wait_running(self, steps: int = 1) -> dict[str, Any]:
         """Every rank running and past ``steps`` steps (from the live step reports)."""
         return self.wait_for(lambda s: s["workers"]["by_state"].get("running") == RANKS
@@ -160,6 +173,9 @@ def finished_run(tmp_path: Path) -> Path:
         job.take_stacks()
         job.wait_for(lambda s: committed(s) >= 2, "two committed checkpoints")
         job.wait_for(lambda s: events(job.run_dir, EventType.DATA_PROGRESS), "a data_progress report")
+        # a few closed seconds of the job's rate, so a replay has a series to cut with its slider
+        job.wait_for(lambda s: job.series_seconds("workers", "steps", "samples_per_s") >= 4,
+                     "four seconds of the samples/s series")
         job.stop()
         return job.run_dir
 
