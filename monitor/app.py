@@ -23,6 +23,7 @@ The app keeps what it started in ``app.extensions["torchrt_monitor"]`` (:class:`
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -173,22 +174,29 @@ def create_app(source: ViewSource, options: MonitorOptions | None = None) -> Fla
     return app
 
 
+@functools.lru_cache(maxsize=4)
+def _security_headers(tensorboard_url: str | None) -> tuple[tuple[str, str], ...]:
+    """The headers of :func:`_secure_headers`, built once per TensorBoard URL (it may be set after
+    the app is made), not per request."""
+    frame = f"frame-src {tensorboard_url.rstrip('/')}; " if tensorboard_url else ""
+    return (("Content-Security-Policy",
+             f"default-src 'self'; img-src 'self' data:; connect-src 'self'; {frame}object-src 'none'; "
+             "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+            ("X-Content-Type-Options", "nosniff"),
+            # same-origin, not no-referrer: with no-referrer Chromium posts the login form with
+            # `Origin: null`, which the cross-site check (monitor/auth.py) must refuse
+            ("Referrer-Policy", "same-origin"))
+
+
 def _secure_headers(response: Response, options: MonitorOptions) -> Response:
     """A strict CSP on every answer (the pages hold no inline script or style; TensorBoard may be
     framed), no sniffing, no framing of the monitor itself, no caching of job data."""
-    frame = ""
-    if options.tensorboard_url:
-        frame = f"frame-src {options.tensorboard_url.rstrip('/')}; "
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        f"default-src 'self'; img-src 'self' data:; connect-src 'self'; {frame}object-src 'none'; "
-        "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    # same-origin, not no-referrer: with no-referrer Chromium posts the login form with `Origin: null`,
-    # which the cross-site check (monitor/auth.py) must refuse
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    if not request.path.startswith("/static/"):
-        response.headers.setdefault("Cache-Control", "no-store")
+    headers = response.headers
+    for name, value in _security_headers(options.tensorboard_url):
+        if name not in headers:
+            headers[name] = value
+    if "Cache-Control" not in headers and not request.path.startswith("/static/"):
+        headers["Cache-Control"] = "no-store"
     return response
 
 
