@@ -1,10 +1,11 @@
-"""Helpers shared by the benchmark scripts: progress lines, free ports, the machine, results.
+"""Helpers shared by the benchmark scripts: the command line, progress lines, free ports, the machine, results.
 
 The scripts are run as ``python benchmarks/NAME.py``, which puts this folder on ``sys.path``.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -17,6 +18,17 @@ import psutil
 import torch
 
 Json = dict[str, Any]
+
+
+def sectioned_args(doc: str, sections: tuple[str, ...], quick: str) -> tuple[argparse.Namespace, set[str]]:
+    """``--quick`` (``quick`` says what it does), ``--json PATH`` and ``--only SECTION`` (repeatable)
+    of a benchmark made of ``sections``; returns the arguments and the sections to run."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[1])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--only", choices=sections, action="append", help="run only this section (repeatable)")
+    args = parser.parse_args()
+    return args, set(args.only or sections)
 
 
 def log(message: str) -> None:

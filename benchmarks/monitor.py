@@ -35,7 +35,6 @@ page_load_s.1000.{overview,tasks}
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -53,7 +52,7 @@ from typing import Any
 
 import psutil
 
-from _common import Json, log, machine, write_results
+from _common import Json, log, machine, sectioned_args, write_results
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -301,12 +300,7 @@ SECTIONS = ("snapshot", "api", "ws", "browser")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--quick", action="store_true", help="shorter windows, fewer samples (about a minute)")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
-    args = parser.parse_args()
-    only = set(args.only or SECTIONS)
+    args, only = sectioned_args(__doc__, SECTIONS, quick="shorter windows, fewer samples (about a minute)")
     samples = 20 if args.quick else 60
     results: Json = {"machine": machine(), "quick": args.quick}
     log(f"starting a coordinator, {NODES} x {PER_NODE} simulated ranks and the monitor")

@@ -38,7 +38,6 @@ stack_dump_s.{p50,max}
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -50,7 +49,7 @@ from pathlib import Path
 
 import psutil
 
-from _common import Json, free_port, log, machine, write_results
+from _common import Json, free_port, log, machine, sectioned_args, write_results
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_telemetry_worker.py"
@@ -193,12 +192,7 @@ SECTIONS = ("overhead", "ingest", "stacks")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--quick", action="store_true", help="fewer blocks (about a minute)")
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
-    args = parser.parse_args()
-    only = set(args.only or SECTIONS)
+    args, only = sectioned_args(__doc__, SECTIONS, quick="fewer blocks (about a minute)")
     blocks = 10 if args.quick else 40
     results: Json = {"machine": machine(), "quick": args.quick}
     if "overhead" in only:
