@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +31,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def http_get(url: str, timeout: float = 30) -> tuple[int, bytes]:
+    """``(status, body)`` of a GET, an HTTP error status included (the monitor's 404s, 401s)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def get_json(url: str) -> Any:
+    """The JSON body of a GET that must answer 200."""
+    status, body = http_get(url)
+    assert status == 200, (url, status, body[:300])
+    return json.loads(body)
 
 
 def events(run_dir: Path, type: str | None = None) -> list[dict]:

@@ -19,8 +19,6 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -30,7 +28,7 @@ from monitor.app import MonitorOptions, create_app
 from monitor.replay_source import ReplaySource
 from torchrt.coordinator import ping
 
-from tests.helpers import events, free_port, wait_until
+from tests.helpers import events, free_port, get_json, http_get, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,11 +68,6 @@ def trained_on(result_dir: Path) -> list[int]:
     return sorted(indices)
 
 
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as answer:
-        return json.loads(answer.read())
-
-
 def watch_live(log: Path, proc: subprocess.Popen[bytes]) -> dict:
     """What the demo's live monitor shows while the job trains: its nodes, workers and previews."""
     def url() -> str | None:
@@ -85,11 +78,11 @@ def watch_live(log: Path, proc: subprocess.Popen[bytes]) -> dict:
     assert isinstance(base, str), log.read_text()[-4000:]
 
     def seen() -> dict | None:
-        try:
-            previews = get_json(f"{base}/api/v1/datasets/digits/previews")["items"]
-        except urllib.error.HTTPError as e:
-            assert e.code == 404, e  # no dataset 'digits' until the workers registered it
+        status, body = http_get(f"{base}/api/v1/datasets/digits/previews")
+        if status == 404:  # no dataset 'digits' until the workers registered it
             return None
+        assert status == 200, (status, body[:300])
+        previews = json.loads(body)["items"]
         shown = {"previews": previews,
                  "workers": get_json(f"{base}/api/v1/pages/workers/workers?limit=100")["items"],
                  "nodes": get_json(f"{base}/api/v1/pages/rendezvous/nodes?limit=100")["items"]}

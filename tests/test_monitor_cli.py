@@ -12,9 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -22,7 +20,7 @@ import pytest
 from launch.monitor import SERVING
 from torchrt.contract import Env
 from tests.agents import REPO
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, get_json, http_get, wait_until
 from tests.monitor_env import RANKS
 
 pytestmark = pytest.mark.xdist_group("monitor")  # one session run for the monitor tests (tests/monitor_env.py)
@@ -34,20 +32,6 @@ START_S = 60  # a monitor process imports torch, flask and gunicorn: seconds on 
 
 # the user's environment: the suite turns the monitor's default off (tests/conftest.py), these tests check the default
 DEFAULT_ENV = {k: v for k, v in os.environ.items() if k != Env.MONITOR}
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def get_json(url: str) -> Any:
-    status, body = get(url)
-    assert status == 200, (url, status, body[:300])
-    return json.loads(body)
 
 
 def serving_url(proc: subprocess.Popen[str], prefix: str) -> str:
@@ -83,8 +67,8 @@ def test_monitor_replays_a_finished_run_with_tensorboard(finished_run_dir: Path)
         earlier = get_json(f"{url}/api/v1/snapshot?at={first + (last - first) / 10}")
         assert earlier["snapshot"]["seq"] < answer["snapshot"]["seq"]
         for page in ("/", "/tasks", "/logs", "/settings"):
-            assert get(url + page)[0] == 200, page
-        assert get(url + "/no-such-page")[0] == 404
+            assert http_get(url + page)[0] == 200, page
+        assert http_get(url + "/no-such-page")[0] == 404
         board = wait_until(lambda: get_json(url + "/api/v1/settings").get("tensorboard_url"), START_S,
                            "TensorBoard to serve the run")
         assert board.startswith("http://127.0.0.1:")
