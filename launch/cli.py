@@ -133,8 +133,6 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"torchrt: cannot listen on {args.bind}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(f"torchrt coordinator listening on {coordinator.endpoint} "
-          f"(store port {coordinator.store_port}, run dir {run_dir})", flush=True)
     interrupted = False
     demo = None  # DEMO_MODE's job: its nodes are stopped first, or a drain would wait for them to finish
 
@@ -155,6 +153,9 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Announced only once the handlers are in: whoever waits for this line may signal at once.
+    print(f"torchrt coordinator listening on {coordinator.endpoint} "
+          f"(store port {coordinator.store_port}, run dir {run_dir})", flush=True)
     if args.owner_pid is not None:
         watch_owner(args.owner_pid, lambda: coordinator.drain(f"its owner (pid {args.owner_pid}) exited"))
     monitor = _start_monitor(coordinator, token, run_dir) if wants_monitor(args) else None

@@ -426,6 +426,55 @@ def test_cli_run_id_with_separators_writes_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / "x").exists()
 
 
+# ------------------------------------------------------------- the "listening on" line
+def full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is already full: a process writing to it blocks in ``write`` until the
+    other end is read, which holds it at its first print for as long as the test needs."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    flags = fcntl.fcntl(write_end, fcntl.F_GETFL)
+    fcntl.fcntl(write_end, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(write_end, b"\n" * 4096)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(write_end, fcntl.F_SETFL, flags)
+    return read_end, write_end
+
+
+def blocked_writing_stdout(pid: int) -> bool:
+    """Whether the process's main thread is in write(2) on fd 1 (``/proc/PID/syscall``)."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().startswith("1 0x1 ")
+    except OSError:
+        return False
+
+
+def test_a_sigterm_right_after_listening_on_stops_the_coordinator_cleanly(tmp_path: Path) -> None:
+    """Whoever waits for "listening on" may signal at once (a supervisor, a test): the handlers
+    must be in by then. The coordinator is held in the very print of that line (its stdout is a
+    full pipe) and signalled there; it used to die of the SIGTERM (-15, no shutdown recorded)."""
+    read_end, write_end = full_pipe()
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*TORCHRT, "coordinator", "--bind", f"127.0.0.1:{free_port()}", "--run-dir",
+                             str(run_dir), "--no-monitor"], cwd=REPO, stdout=write_end)
+    os.close(write_end)
+    try:
+        wait_until(lambda: blocked_writing_stdout(proc.pid) or proc.poll() is not None, 60,
+                   "the coordinator to print its first line")
+        proc.send_signal(signal.SIGTERM)
+        with os.fdopen(read_end, "rb") as out:
+            printed = out.read()
+        assert b"torchrt coordinator listening on 127.0.0.1:" in printed
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert events(run_dir, EventType.SHUTDOWN)[-1]["reason"] == "terminated (SIGTERM)"
+
+
 # ------------------------------------------------------------- binding without a token
 def test_a_coordinator_reachable_from_other_machines_without_a_token_warns_and_records_it(tmp_path: Path) -> None:
     """0.0.0.0 without a token: a clear warning on stderr at start and an insecure_bind event;
