@@ -27,7 +27,8 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # Two pytest workers: most tests wait on real torchrun jobs; the monitor's tests share one
-# session run on one worker (xdist_group "monitor", --dist loadgroup).
+# session run on one worker (xdist_group "monitor", --dist loadgroup), and each module with a
+# costly module-scoped fixture runs on one worker (its own xdist_group).
 PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 test: setup browser

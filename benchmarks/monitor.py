@@ -11,7 +11,7 @@ rank and a node sample per node every second); the monitor as the job runs it, `
 snapshot_bytes.1000
     Bytes of ``GET /api/v1/snapshot`` (the initial snapshot a page loads); goal <= 256 KB.
 api_rps
-    ``_http_load.py`` (a process of its own, 8 threads, keep-alive) GETs ``/api/v1/snapshot`` back
+    ``_http_load.py`` (a process of its own, one thread, 8 keep-alive connections) GETs ``/api/v1/snapshot`` back
     to back for the window; requests answered 200 per second; goal >= 1,000. Also the monitor
     processes' CPU time per request (``server_cpu_ms_per_request``: what one core would hold),
     their CPU without requests (``server_background_cores``, :data:`IDLE_S` measured first:
@@ -180,7 +180,7 @@ def snapshot_bytes(running: Job) -> Json:
     return {"value": len(get(running.url + "/api/v1/snapshot")), "goal": 256 * 1024}
 
 
-def api_rps(running: Job, window_s: float, threads: int = 8) -> Json:
+def api_rps(running: Job, window_s: float, connections: int = 8) -> Json:
     def load(url: str, server: subprocess.Popen[str]) -> Json:
         procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
 
@@ -191,7 +191,7 @@ def api_rps(running: Job, window_s: float, threads: int = 8) -> Json:
         time.sleep(IDLE_S)  # no requests: what following the job costs the monitor by itself
         background = (cpu() - idle) / IDLE_S
         began, at = cpu(), time.monotonic()
-        out = subprocess.run([sys.executable, str(HTTP_LOAD), url + "/api/v1/snapshot", str(window_s), str(threads)],
+        out = subprocess.run([sys.executable, str(HTTP_LOAD), url + "/api/v1/snapshot", str(window_s), str(connections)],
                              capture_output=True, text=True, check=True, env=ENV)
         answer = json.loads(out.stdout)
         used, took = cpu() - began, time.monotonic() - at

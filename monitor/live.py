@@ -7,7 +7,8 @@ Messages (JSON text; the contract in docs/api.md):
 - server -> client ``{"kind": "update", "seq": N, "ts": T, "snapshot": {...}, "events": [...],
   "pages": {"PART/KIND?offset=O&limit=L": page}}``: the snapshot, the logged events since this
   socket's previous update (newest last, at most :data:`MAX_EVENTS`; ``"events_missed": K``
-  when more came) and the pages this socket wants;
+  when more came), each with its ``"level"`` as ``GET /api/v1/events`` gives it (so a page can
+  show them as they come without reading the log again), and the pages this socket wants;
 - server -> client ``{"kind": "error", "error": "...", "key": "..."}`` for a bad ``want``;
 - client -> server ``{"want": {"pages": [{"part", "kind", "offset", "limit"}, ...]}}``, which
   replaces the socket's previous want and is answered by an update at the next tick.
@@ -44,6 +45,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from monitor.errors import QueryError
+from monitor.logs import level_of
 from monitor.sources import ViewSource
 
 logger = logging.getLogger(__name__)
@@ -224,8 +226,9 @@ class Broadcaster:
     # ------------------------------------------------------------ thread
     def _on_change(self, events: list[dict[str, Any]]) -> None:
         """The source's listener (its thread): queue the events, wake the broadcaster."""
+        leveled = [{**event, "level": level_of(event.get("type")).value} for event in events]
         with self._lock:
-            self._on_change_locked(self._events + events, 0)
+            self._on_change_locked(self._events + leveled, 0)
             self._wake.notify()
 
     def _on_change_locked(self, events: list[dict[str, Any]], missed: int) -> None:

@@ -20,6 +20,19 @@ from tests.monitor_env import finished_run_dir  # noqa: F401 (a fixture)
 os.environ[Env.MONITOR] = "off"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (``make test``), refuse to run when xdist's grouping did not take:
+    it fails silently (pytest-xdist#1386, pytest 9.2), and the shared runs of the grouped modules
+    would then be built on every worker, minutes more for the suite."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup did not group {len(lost)} tests (e.g. {lost[0]}): this "
+                                f"pytest-xdist does not work with this pytest; install the versions setup.cfg pins")
+
+
 @pytest.fixture(autouse=True)
 def _restore_torchrt_environment():
     """Handlers run in-process export TORCHRT_* variables; keep them from leaking into later tests."""

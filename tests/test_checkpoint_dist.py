@@ -22,6 +22,9 @@ from torchrt.telemetry import Reporter, set_reporter
 
 from tests.helpers import assert_same, init_gloo, snapshot, spawn_ranks
 
+# one worker runs this module, so its module-scoped `saved_job` is built once (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("checkpoint_dist")
+
 REPLICATED = ("model", "optim", "data", "progress")
 GLOBAL_BATCH = 16
 DATA = torch.randn(256, 32, generator=torch.Generator().manual_seed(1))

@@ -26,6 +26,9 @@ from torchrt.checkpoint.manifest import read_manifest
 
 from tests.helpers import init_gloo, spawn_ranks
 
+# one worker runs this module, so its module-scoped `saved` is built once (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("checkpoint_fsdp")
+
 
 class AppState:
     """Model and optimizer as DCP's docs recommend for FSDP2: FQN-keyed, sharded state dicts."""

@@ -30,6 +30,9 @@ from torchrt.contract import EventType
 from tests.helpers import wait_until
 from tests.monitor_env import RANKS, LiveJob
 
+# one worker runs this module, so its module-scoped `monitor` is built once (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("monitor_app")
+
 TOKEN = "s3cret-monitor-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -271,6 +271,29 @@ def test_logs_live_tail_shows_new_events_without_a_reload(live: Live, page, cons
     assert console == []
 
 
+def emit(job: LiveJob, kind: str, **fields: object) -> int:
+    """Record an event at the coordinator (on its loop, as its own are); its seq."""
+    assert job.coordinator is not None
+    events = job.coordinator.events
+    return job.coordinator.read_view(lambda _view: events.emit(kind, **fields))["seq"]
+
+
+def test_logs_live_tail_shows_pushed_events_at_once_and_as_filtered(live: Live, page, console: list[str]) -> None:
+    """The tail puts what the socket brings on top of the shown page, testing the page's filters
+    itself: no read of the log per event (it used to read /api/v1/events again each time)."""
+    page.goto(live.url + "/logs?level=error")
+    page.wait_for_selector("body[data-rendered='1']", timeout=WAIT_MS)
+    reads: list[str] = []
+    page.on("request", lambda r: reads.append(r.url) if "/api/v1/events" in r.url else None)
+    warning = emit(live.job, EventType.REPORT_REFUSED, rank=3, reason="a test's warning")
+    error = emit(live.job, EventType.ERROR, where="test-tail", error="shown at once")
+    page.wait_for_selector(f"#events tbody tr[data-seq='{error}']", timeout=WAIT_MS)
+    assert page.locator(f"#events tbody tr[data-seq='{warning}']").count() == 0  # not an error: filtered out
+    assert "shown at once" in page.locator(f"#events tbody tr[data-seq='{error}']").inner_text()
+    assert reads == []
+    assert console == []
+
+
 def test_one_click_dumps_every_rank_grouped(live: Live, page, console: list[str]) -> None:
     page.goto(live.url + "/stacks")
     page.wait_for_selector("#take-all:enabled", timeout=WAIT_MS)

@@ -32,6 +32,9 @@ from torchrt.view.stacks import StackDumpError, compact, format_ranks, group_sta
 
 from tests.helpers import free_port, wait_until
 
+# one worker runs this module, so its module-scoped `workers` is built once (--dist loadgroup)
+pytestmark = pytest.mark.xdist_group("stacks")
+
 REPO = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "stacks_worker.py"
 START_TIMEOUT_S = 120  # torch imports and a gloo process group on a busy 2-core machine

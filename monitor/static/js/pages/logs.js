@@ -1,8 +1,10 @@
 // Logs: the run's event log (GET /api/v1/events: newest first, filtered by level, type, node, rank and
 // text on the server, paged with `before`), errors standing out. Live tail: when the websocket brings
-// new events and the newest page is shown, the page is read again at once (one read at a time, the
-// server filters as for any query, so the tail and the filters always agree). The filters
-// live in the address (?level=error&rank=3), so other pages link to a filtered log.
+// new events and the newest page is shown, they go on top of it in the same frame (each pushed event
+// carries its level; the level, type, node and rank filters are plain equalities, tested here as the
+// server tests them). A text search, events the socket missed, or no page yet: the page is read again
+// at once instead (one read at a time). The filters live in the address (?level=error&rank=3), so
+// other pages link to a filtered log.
 
 import { getAllRows, getJSON } from "../api.js";
 import { el, fill, table } from "../dom.js";
@@ -68,11 +70,38 @@ document.getElementById("newest").addEventListener("click", () => {
   poll.run(query, true);
 });
 
+/** Put the events the socket brought on top of the newest page; false when only the server can tell
+ * which belong there (see the top of this file). */
+function foldPushed(view) {
+  const f = filters();
+  if (!answer || view.missed > 0 || f.q !== undefined) return false;
+  const types = f.type ? new Set(f.type.split(",").map((t) => t.trim()).filter(Boolean)) : null;
+  const rank = f.rank !== undefined ? Number(f.rank) : null;
+  const items = answer.items || [];
+  const newest = items.length ? items[0].seq : 0;
+  const fresh = view.events.filter((e) => e.seq > newest && (!f.level || e.level === f.level)
+    && (!types || types.has(e.type)) && (!f.node || e.node_id === f.node || e.node === f.node)
+    && (rank === null || e.rank === rank)).sort((a, b) => b.seq - a.seq);
+  if (fresh.length === 0) return true;
+  for (const e of fresh) seenTypes.add(e.type);
+  const shown = [...fresh, ...items];
+  const trimmed = shown.length > LIMIT;
+  answer = {
+    ...answer,
+    items: shown.slice(0, LIMIT),
+    total: typeof answer.total === "number" ? answer.total + fresh.length : answer.total,
+    next_before: trimmed ? shown[LIMIT - 1].seq : answer.next_before,
+  };
+  return true;
+}
+
+let folded = false; // this render showed the pushed events itself: no read needed for them
+
 const ctl = startPage({
   wants: () => [],
   render,
   async refresh(view, force) {
-    const fresh = (view.events.length > 0 || view.missed > 0) && tail.checked && before === null && view.mode === "live";
+    const fresh = (view.events.length > 0 || view.missed > 0) && tailing(view) && !folded;
     await Promise.all([
       poll.run(query, force || fresh),
       nodes.run(async () => {
@@ -91,9 +120,14 @@ function details(e) {
     el("pre", { class: "stack" }, JSON.stringify(Object.fromEntries(rest), null, 2)));
 }
 
+function tailing(view) {
+  return tail.checked && before === null && view.mode === "live";
+}
+
 function render(view) {
   tail.disabled = view.mode === "replay";
   if (view.mode === "replay") tail.checked = false;
+  folded = view.events.length > 0 && tailing(view) && foldPushed(view);
   if (!answer) return;
   fill(document.getElementById("types"), [...seenTypes].sort().map((t) => el("option", { value: t })));
   const items = answer.items || [];
