@@ -103,7 +103,7 @@ const ctl = startPage({
   async refresh(view, force) {
     const fresh = (view.events.length > 0 || view.missed > 0) && tailing(view) && !folded;
     await Promise.all([
-      poll.run(query, force || fresh),
+      (force || fresh) && poll.run(query, true), // else nothing new: no read
       nodes.run(async () => {
         const rows = await getAllRows("rendezvous", "nodes", 2000);
         fill(document.getElementById("nodes"), rows.map((n) => el("option", { value: n.node_id }, n.hostname || "")));
