@@ -22,9 +22,21 @@ os.environ[Env.MONITOR] = "off"
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (``make test``), refuse to run when xdist's grouping did not take:
+    """Longest work first, so that two workers finish together: the monitor's group (one unit of
+    several minutes, see tests/monitor_env.py), then the ``slow`` real-job tests, then the rest
+    (each in collection order). Handed out in the order collected, the monitor group came up
+    half-way through and the other worker idled at the end.
+
+    Under ``--dist loadgroup`` (``make test``), refuse to run when xdist's grouping did not take:
     it fails silently (pytest-xdist#1386, pytest 9.2), and the shared runs of the grouped modules
     would then be built on every worker, minutes more for the suite."""
+    def weight(item: pytest.Item) -> int:
+        group = item.get_closest_marker("xdist_group")
+        if group is not None and group.args[:1] == ("monitor",):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)
     if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
         return
     lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]

@@ -126,6 +126,27 @@ def test_a_refused_connection_keeps_its_slot_until_its_deadline(tmp_path):
         assert time.monotonic() - started > 0.8
 
 
+@pytest.mark.parametrize("junk", [b"not json\n", line({"op": Op.HELLO.value, "id": 0, "version": PROTOCOL_VERSION + 1,
+                                                          "role": Role.NODE.value, "run_id": "job"})])
+def test_a_refused_hello_is_answered_late_and_an_accepted_one_at_once(tmp_path, junk):
+    # A junk client that leaves as soon as it is answered gets one try per refusal_delay_s: it
+    # used to be answered at once and came back thousands of times a second.
+    with running(tmp_path, refusal_delay_s=2.0, hello_timeout_s=10) as c:
+        good, bad = dial(c.endpoint), dial(c.endpoint)
+        started = time.monotonic()
+        good.sendall(hello(Role.OBSERVER))
+        accepted = json.loads(good.makefile("rb").readline())
+        answered_good = time.monotonic() - started
+        started = time.monotonic()
+        bad.sendall(junk)
+        refused = json.loads(bad.makefile("rb").readline())
+        answered_bad = time.monotonic() - started
+        assert accepted["ok"] is True and answered_good < 2.0
+        assert refused["ok"] is False and refused["code"] == Code.PROTOCOL and answered_bad >= 2.0
+        good.close()
+        bad.close()
+
+
 def test_a_refused_connection_whose_peer_leaves_frees_its_slot_at_once(tmp_path):
     with running(tmp_path, max_pending=1, max_crowded=1, hello_timeout_s=30, crowded_hello_timeout_s=30) as c:
         held = dial(c.endpoint)
@@ -180,6 +201,7 @@ def test_a_burst_of_real_clients_beyond_the_cap_all_get_in(tmp_path):
     ({"crowded_hello_timeout_s": float("nan")}, "crowded_hello_timeout_s"),
     ({"crowded_hello_timeout_s": 9}, "crowded_hello_timeout_s"),
     ({"max_pending": 0}, "max_pending"),
+    ({"refusal_delay_s": -1}, "refusal_delay_s"),
     ({"hello_line_bytes": 1 << 24}, "hello_line_bytes"),
 ])
 def test_bad_limits_are_refused_naming_the_key(limits, key):

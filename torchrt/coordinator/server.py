@@ -114,6 +114,15 @@ class _Peer:
         """Queue ``message``; a peer that lets too much pile up unread is dropped (admission)."""
         self.connection.send(encode(message))
 
+    def refuse(self, message: Message) -> None:
+        """End the connection with the error ``message``: after a hello was accepted, at once;
+        before, as admission refuses a connection (late, then held until its deadline)."""
+        if self.role is None:
+            self.connection.refuse(encode(message))
+        else:
+            self.send(message)
+            self.writer.close()
+
 
 class _Rejected(Exception):
     def __init__(self, code: Code, message: str) -> None:
@@ -375,10 +384,10 @@ class Coordinator:
                     line = await connection.readline()
                     message = decode(line) if line else None
                 except LineTooLongError as e:  # the rest of the line is not read: the connection ends
-                    peer.send({"ok": False, "code": Code.PROTOCOL, "error": str(e)})
+                    peer.refuse({"ok": False, "code": Code.PROTOCOL, "error": str(e)})
                     break
                 except ValueError as e:
-                    peer.send({"ok": False, "code": Code.PROTOCOL, "error": f"not a JSON object: {e}"})
+                    peer.refuse({"ok": False, "code": Code.PROTOCOL, "error": f"not a JSON object: {e}"})
                     break
                 if message is None:
                     break
@@ -433,11 +442,13 @@ class Coordinator:
                     self.membership.heartbeat(peer.node_id, now)
                 reply = getattr(self, f"_op_{op.value}")(peer, message, now)
         except _Rejected as e:
-            peer.send({"id": request_id, "ok": False, "code": e.code, "error": str(e)})
+            reply = {"id": request_id, "ok": False, "code": e.code, "error": str(e)}
+            if greeting:
+                peer.refuse(reply)
+            else:
+                peer.send(reply)
             if e.code is Code.REJECTED or (e.code is Code.FORBIDDEN and peer.refusals.first(op)):
                 self.events.emit(EventType.NODE_REJECTED, op=op, error=str(e))
-            if greeting:
-                peer.writer.close()
             return
         if reply is not None and request_id is not None:
             peer.send({"id": request_id, "ok": True, **reply})
