@@ -256,28 +256,32 @@ class Broadcaster:
                 changed, self._changed = self._changed, False
                 events, self._events = self._events, []
                 missed, self._missed = self._missed, 0
-                targets = [s for s in self._sockets if changed or s.fresh]
-                for sock in targets:
+                # each socket's wants as of now: a want() from here on replaces them for the next
+                # update (it marks the socket fresh), never this one's pages
+                targets = [(s, s.wants) for s in self._sockets if changed or s.fresh]
+                for sock, _ in targets:
                     sock.fresh = False
-                wants = {want for sock in targets for want in sock.wants}
             if targets:
-                self._broadcast(targets, events, missed, wants)
+                try:
+                    self._broadcast(targets, events, missed)
+                except Exception:  # a bug in one update must not end every socket's updates
+                    logger.exception("a monitor update failed; the next change is tried again")
             # counted from when the update was handed over: a read that waited (a snapshot past its
             # staleness bound waits for the source's refresh) does not bring the next one closer
             last = time.monotonic()
 
-    def _broadcast(self, targets: list[_Socket], events: list[dict[str, Any]], missed: int,
-                   wants: set[PageWant]) -> None:
+    def _broadcast(self, targets: list[tuple[_Socket, tuple[PageWant, ...]]], events: list[dict[str, Any]],
+                   missed: int) -> None:
         try:
             snapshot = json.dumps(self.source.snapshot(), default=str)
-            pages = {want.key: self._page(want) for want in wants}
+            pages = {want.key: self._page(want) for want in {w for _, wants in targets for w in wants}}
         except Exception as e:  # a coordinator gone away: keep the sockets, say it once
             if not self._failing:
                 logger.warning("monitor updates stopped: the view cannot be read: %s", e)
             self._failing = True
             with self._lock:  # try again at the next tick, with these events
                 self._on_change_locked(events + self._events, missed)
-                for sock in targets:
+                for sock, _ in targets:
                     sock.fresh = True
             time.sleep(self.interval_s)
             return
@@ -286,8 +290,8 @@ class Broadcaster:
             self._failing = False
         self.seq += 1
         now = time.time()
-        for sock in targets:
-            sock.offer(self.seq, now, snapshot, events, missed, {w.key: pages[w.key] for w in sock.wants})
+        for sock, wants in targets:
+            sock.offer(self.seq, now, snapshot, events, missed, {w.key: pages[w.key] for w in wants})
 
     def _page(self, want: PageWant) -> str:
         try:

@@ -9,6 +9,7 @@ token) and reached over real HTTP and websocket connections on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from simple_websocket import ConnectionError as Rejected
 
 from monitor.app import MonitorOptions, close_app, create_app
 from monitor.auth import COOKIE, InsecureBindError, session_value
-from monitor.live import MAX_EVENTS, _Socket
+from monitor.live import MAX_EVENTS, Broadcaster, PageWant, _Socket
 from monitor.serve import MonitorServer
 from monitor.live_source import LiveSource
 from torchrt.contract import EventType
@@ -287,3 +288,49 @@ def test_request_rate_is_a_series_of_the_monitor(monitor: Monitor) -> None:
                         and p["t"] and p, 5, "a second of monitor requests")
     assert points["resolution_s"] == 1 and sum(points["last"]) >= 5
     assert "requests/per_s" in monitor.json("/api/v1/snapshot")["snapshot"]["series"]["monitor"]["last"]
+
+
+class _PagesThatWait:
+    """A view source whose page reads wait until the test lets them go (a ViewSource's parts the
+    broadcaster uses: snapshot, page, subscribe)."""
+
+    def __init__(self) -> None:
+        self.reading = threading.Event()
+        self.go = threading.Event()
+
+    def snapshot(self, at: float | None = None) -> dict[str, Any]:
+        return {"now": time.time()}
+
+    def page(self, part: str, kind: str, offset: int, limit: int, at: float | None = None) -> dict[str, Any]:
+        self.reading.set()
+        assert self.go.wait(30), "the test never let the read go"
+        return {"part": part, "kind": kind, "items": [], "total": 0}
+
+    def subscribe(self, listener: Any) -> Any:
+        return lambda: None
+
+
+def test_a_want_that_changes_while_an_update_is_built_keeps_the_broadcaster_alive() -> None:
+    """A page changing its wants (the Tasks page paging) while the broadcaster reads the pages of
+    the previous ones: that update carries the pages it read, the next one the new wants. It used
+    to look up the new wants in what it had read, die of the KeyError, and stop every socket's
+    updates for good."""
+    source = _PagesThatWait()
+    broadcaster = Broadcaster(source)  # type: ignore[arg-type]
+    try:
+        sock = broadcaster.connect()
+        first, second = PageWant("workers", "workers", 0, 16), PageWant("workers", "workers", 16, 16)
+        broadcaster.want(sock, (first,))
+        assert source.reading.wait(30), "the broadcaster never read the wanted page"
+        broadcaster.want(sock, (second,))  # while the read of `first` is in progress
+        source.go.set()
+        keys: list[set[str]] = []
+
+        def updated() -> bool:
+            keys.extend(set(json.loads(text).get("pages", {})) for text in sock.take(timeout=0.5))
+            return second.key in set().union(*keys)
+
+        wait_until(updated, 30, "an update with the new wants' page")
+        assert keys[0] == {first.key}
+    finally:
+        broadcaster.close()
