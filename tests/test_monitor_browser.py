@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +117,14 @@ def until(page, expression: str, arg: object = None) -> None:
     """Wait until a JavaScript expression (over ``arg``) is true in the page. Always a function: the
     pages' CSP (no 'unsafe-eval') refuses Playwright's evaluation of a bare expression string."""
     page.wait_for_function(f"(arg) => ({expression})", arg=arg, timeout=WAIT_MS)
+
+
+def until_true(page, condition: Callable[[], bool], what: str) -> None:
+    """Let the page run (its network and route handlers) until ``condition()`` holds."""
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        page.wait_for_timeout(20)
 
 
 CARD = "document.querySelector('#cards .card:nth-child(1) .value').textContent"  # the first card's value
@@ -291,6 +300,34 @@ def test_logs_live_tail_shows_pushed_events_at_once_and_as_filtered(live: Live, 
     assert page.locator(f"#events tbody tr[data-seq='{warning}']").count() == 0  # not an error: filtered out
     assert "shown at once" in page.locator(f"#events tbody tr[data-seq='{error}']").inner_text()
     assert reads == []
+    assert console == []
+
+
+def test_a_read_answering_from_before_a_pushed_event_does_not_take_it_off_the_tail(live: Live, page,
+                                                                                   console: list[str]) -> None:
+    """A read of the log in flight when the socket brings an event answers as of before it: the
+    event, already shown, stays shown (the page keeps what the socket brought and puts it back on
+    top of such an answer)."""
+    page.goto(live.url + "/logs")
+    page.wait_for_selector("body[data-rendered='1']", timeout=WAIT_MS)
+    held: list[tuple[object, object]] = []
+
+    def hold_the_first(route) -> None:  # the read to answer late, with what the server said then
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    page.route("**/api/v1/events?*", hold_the_first)
+    page.locator("#filters button[type=submit]").click()  # a read, answered (below) as of now
+    until_true(page, lambda: bool(held), "the page's read of the log")
+    first = emit(live.job, EventType.ERROR, where="test-stale", error="pushed during a read")
+    page.wait_for_selector(f"#events tbody tr[data-seq='{first}']", timeout=WAIT_MS)
+    route, answer = held[0]
+    route.fulfill(response=answer)  # the log as it was before `first`
+    second = emit(live.job, EventType.ERROR, where="test-stale", error="pushed after the read")
+    page.wait_for_selector(f"#events tbody tr[data-seq='{second}']", timeout=WAIT_MS)
+    assert page.locator(f"#events tbody tr[data-seq='{first}']").count() == 1
     assert console == []
 
 

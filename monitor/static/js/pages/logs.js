@@ -43,7 +43,8 @@ function keepInAddress() {
 }
 
 async function query() {
-  answer = await getJSON("/events", { ...filters(), before, limit: LIMIT });
+  const page = await getJSON("/events", { ...filters(), before, limit: LIMIT });
+  answer = (before === null && withPushed(page)) || page;
   for (const e of answer.items || []) seenTypes.add(e.type);
   ctl.rerender();
 }
@@ -70,29 +71,47 @@ document.getElementById("newest").addEventListener("click", () => {
   poll.run(query, true);
 });
 
-/** Put the events the socket brought on top of the newest page; false when only the server can tell
- * which belong there (see the top of this file). */
-function foldPushed(view) {
+const pushed = []; // the newest events the socket brought (at most LIMIT), newest last
+
+/** The current filters as a test of one event, or null when only the server can tell (a text search). */
+function matcher() {
   const f = filters();
-  if (!answer || view.missed > 0 || f.q !== undefined) return false;
+  if (f.q !== undefined) return null;
   const types = f.type ? new Set(f.type.split(",").map((t) => t.trim()).filter(Boolean)) : null;
   const rank = f.rank !== undefined ? Number(f.rank) : null;
-  const items = answer.items || [];
+  return (e) => (!f.level || e.level === f.level) && (!types || types.has(e.type))
+    && (!f.node || e.node_id === f.node || e.node === f.node) && (rank === null || e.rank === rank);
+}
+
+/** The newest page `page` with the pushed events newer than its newest on top (also for a read that
+ * answers from before events the page had already shown); null when the filters cannot be tested here. */
+function withPushed(page) {
+  const keep = matcher();
+  if (!keep) return null;
+  const items = page.items || [];
   const newest = items.length ? items[0].seq : 0;
-  const fresh = view.events.filter((e) => e.seq > newest && (!f.level || e.level === f.level)
-    && (!types || types.has(e.type)) && (!f.node || e.node_id === f.node || e.node === f.node)
-    && (rank === null || e.rank === rank)).sort((a, b) => b.seq - a.seq);
-  if (fresh.length === 0) return true;
+  const fresh = pushed.filter((e) => e.seq > newest && keep(e)).reverse();
+  if (fresh.length === 0) return page;
   for (const e of fresh) seenTypes.add(e.type);
   const shown = [...fresh, ...items];
   const trimmed = shown.length > LIMIT;
-  answer = {
-    ...answer,
+  return {
+    ...page,
     items: shown.slice(0, LIMIT),
-    total: typeof answer.total === "number" ? answer.total + fresh.length : answer.total,
-    next_before: trimmed ? shown[LIMIT - 1].seq : answer.next_before,
+    total: typeof page.total === "number" ? page.total + fresh.length : page.total,
+    next_before: trimmed ? shown[LIMIT - 1].seq : page.next_before,
   };
-  return true;
+}
+
+/** Keep what the socket brought; true when the shown page now has it on top (no read needed). */
+function foldPushed(view) {
+  const last = pushed.length ? pushed[pushed.length - 1].seq : 0;
+  pushed.push(...view.events.filter((e) => e.seq > last));
+  pushed.splice(0, Math.max(0, pushed.length - LIMIT));
+  if (!answer || view.missed > 0 || !tailing(view)) return false;
+  const merged = withPushed(answer);
+  if (merged) answer = merged;
+  return merged !== null;
 }
 
 let folded = false; // this render showed the pushed events itself: no read needed for them
@@ -127,7 +146,7 @@ function tailing(view) {
 function render(view) {
   tail.disabled = view.mode === "replay";
   if (view.mode === "replay") tail.checked = false;
-  folded = view.events.length > 0 && tailing(view) && foldPushed(view);
+  folded = view.mode === "live" && view.events.length > 0 && foldPushed(view);
   if (!answer) return;
   fill(document.getElementById("types"), [...seenTypes].sort().map((t) => el("option", { value: t })));
   const items = answer.items || [];
