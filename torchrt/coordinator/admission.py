@@ -204,10 +204,10 @@ class Connection:
             transport.abort()
 
     def refuse(self, data: bytes) -> None:
-        """Refuse a connection that has not said a valid hello: ``data`` (its error reply) is sent
-        ``refusal_delay_s`` from now, and the connection is held until its deadline (see the
-        module). Returns at once."""
-        delay = self.limits.refusal_delay_s
+        """End the connection with ``data``, its error reply: an admitted one now; one that has
+        not said a valid hello gets it ``refusal_delay_s`` from now and is held until its
+        deadline (see the module). Returns at once."""
+        delay = 0.0 if self.admitted else self.limits.refusal_delay_s
         if delay > 0:
             asyncio.get_running_loop().call_later(delay, self.send, data)
         else:

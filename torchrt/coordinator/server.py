@@ -115,13 +115,9 @@ class _Peer:
         self.connection.send(encode(message))
 
     def refuse(self, message: Message) -> None:
-        """End the connection with the error ``message``: after a hello was accepted, at once;
-        before, as admission refuses a connection (late, then held until its deadline)."""
-        if self.role is None:
-            self.connection.refuse(encode(message))
-        else:
-            self.send(message)
-            self.writer.close()
+        """End the connection with the error ``message``, as admission refuses one
+        (:meth:`Connection.refuse`: late before a valid hello, at once after)."""
+        self.connection.refuse(encode(message))
 
 
 class _Rejected(Exception):
