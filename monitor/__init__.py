@@ -24,6 +24,9 @@ Modules, one job each:
 * :mod:`monitor.prom`: ``/metrics``, a Prometheus collector over the cached snapshot.
 * :mod:`monitor.app`: :func:`~monitor.app.create_app` wires the parts around a source: pages,
   API, websocket, metrics, strict CSP, real 404s.
+* :mod:`monitor.fastpath`: a plain ``GET /api/v1/snapshot`` answered beneath Flask, with the
+  route's bytes and headers (the most-read URL; Flask's handling was most of its cost).
+* :mod:`monitor.headers`: the security headers of every answer, built once.
 * :mod:`monitor.serve`: werkzeug in a thread (tests, embedding), or gunicorn with one gthread
   worker in the monitor's own process (``torchrt monitor``, what ``torchrt run`` starts).
 * :mod:`monitor.tensorboard`: TensorBoard in-process on the run's event files, loopback.

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.json.provider import JSONProvider
 
 from torchrt.contract import STACK_DUMP_TIMEOUT_S, EventType, Level
 from torchrt.coordinator.observe import MAX_PAGE
@@ -28,7 +29,7 @@ from monitor.errors import NotFoundError, NotLiveError, QueryError
 from monitor.logs import EventQuery, int_arg, level_of, number_arg, text_arg
 from monitor.sources import ViewSource
 
-__all__ = ["PREFIX", "TIMELINE", "api_blueprint"]
+__all__ = ["PREFIX", "TIMELINE", "SnapshotAnswer", "api_blueprint"]
 
 PREFIX = "/api/v1"
 E = EventType
@@ -58,16 +59,16 @@ TIMELINE_LIMIT = 500
 _TIMELINE_TYPES = frozenset(t.value for t in TIMELINE)
 
 
-def api_blueprint(source: ViewSource) -> Blueprint:
-    """The ``/api/v1`` routes over ``source`` (see the module docstring and docs/api.md)."""
+def api_blueprint(source: ViewSource, snapshot_answer: SnapshotAnswer) -> Blueprint:
+    """The ``/api/v1`` routes over ``source`` (see the module docstring and docs/api.md);
+    ``/snapshot`` is ``snapshot_answer``'s, an answer over the same source."""
     api = Blueprint("api", __name__, url_prefix=PREFIX)
     _errors(api)
-    encoded = _SnapshotAnswer(source)
 
     @api.get("/snapshot")
     def snapshot() -> Response:
-        return current_app.response_class(encoded.body(number_arg(request.args, "at")),
-                                          mimetype=current_app.json.mimetype)
+        return current_app.response_class(snapshot_answer.body(number_arg(request.args, "at")),
+                                          mimetype=snapshot_answer.mimetype)
 
     @api.get("/pages/<part>/<kind>")
     def page(part: str, kind: str) -> Response:
@@ -133,17 +134,20 @@ def api_blueprint(source: ViewSource) -> Blueprint:
     return api
 
 
-class _SnapshotAnswer:
+class SnapshotAnswer:
     """``GET /snapshot``'s body, encoded once per snapshot the source hands out, not per request:
     a live source hands out the same object until its next refresh (monitor.app's wrapper keeps
     that), so under load it is one ``json.dumps`` per refresh. The span and ``connected`` are read
-    with the snapshot they are encoded with (as fresh as it is)."""
+    with the snapshot they are encoded with (as fresh as it is). ``json`` is the app's JSON
+    provider (Flask's ``app.json``): the body is what ``jsonify`` would send."""
 
-    def __init__(self, source: ViewSource) -> None:
+    def __init__(self, source: ViewSource, json: JSONProvider) -> None:
         self._source = source
-        self._last: tuple[dict[str, Any], bool, str] | None = None  # the snapshot held: no id() reuse
+        self._json = json
+        self.mimetype: str = getattr(json, "mimetype", "application/json")  # DefaultJSONProvider's
+        self._last: tuple[dict[str, Any], bool, bytes] | None = None  # the snapshot held: no id() reuse
 
-    def body(self, at: float | None) -> str:
+    def body(self, at: float | None) -> bytes:
         snapshot = self._source.snapshot(at=at)
         connected = getattr(self._source, "connected", False)
         last = self._last
@@ -151,7 +155,7 @@ class _SnapshotAnswer:
             return last[2]
         answer = {"mode": self._source.mode, "snapshot": snapshot, "span": list(self._source.span()), "at": at,
                   "connected": connected}
-        body = current_app.json.dumps(answer, separators=(",", ":")) + "\n"  # what jsonify sends
+        body = (self._json.dumps(answer, separators=(",", ":")) + "\n").encode()  # what jsonify sends
         if at is None:
             self._last = (snapshot, connected, body)
         return body

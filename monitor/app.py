@@ -13,6 +13,8 @@ replayed run directory); it holds no job state of its own:
 - ``/api/v1/ws``: :mod:`monitor.live` (one broadcaster thread per app);
 - ``/metrics``: Prometheus text from :mod:`monitor.prom` (a collector over the snapshot);
 - access: :class:`monitor.auth.Gate` before every request;
+- ``GET /api/v1/snapshot``: answered beneath Flask when the gate admits it as it stands
+  (:mod:`monitor.fastpath`), with the Flask route's body, headers and request count;
 - errors: an unknown page gets the 404 page (``404.html``); anything under ``/api/`` gets JSON
   (``{"error": ...}``: 400 with the offending ``key`` for a bad parameter (:class:`QueryError`),
   404 (:class:`NotFoundError`, unknown routes), 405, 409 (:class:`NotLiveError`), 500).
@@ -23,7 +25,6 @@ The app keeps what it started in ``app.extensions["torchrt_monitor"]`` (:class:`
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import threading
@@ -35,8 +36,10 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
-from monitor.api import api_blueprint
+from monitor.api import SnapshotAnswer, api_blueprint
 from monitor.auth import Gate
+from monitor.fastpath import SnapshotFastPath
+from monitor.headers import NO_STORE, security_headers
 from monitor.errors import NotFoundError, NotLiveError, QueryError
 from monitor.live import Broadcaster, register_websocket
 from monitor.prom import metrics_view
@@ -165,38 +168,26 @@ def create_app(source: ViewSource, options: MonitorOptions | None = None) -> Fla
     app.extensions[EXTENSION] = monitor
     app.before_request(lambda: requests.count(time.time()))
     app.before_request(monitor.gate.check)
-    app.register_blueprint(api_blueprint(source))
+    snapshot = SnapshotAnswer(source, app.json)
+    app.register_blueprint(api_blueprint(source, snapshot))
     register_websocket(app, monitor.broadcaster)
     app.add_url_rule("/metrics", "metrics", metrics_view(source))
     _add_pages(app, monitor)
     _add_errors(app)
     app.after_request(lambda response: _secure_headers(response, options))
+    app.wsgi_app = SnapshotFastPath(app.wsgi_app, snapshot, monitor.gate, requests.count, options)  # type: ignore[method-assign]
     return app
 
 
-@functools.lru_cache(maxsize=4)
-def _security_headers(tensorboard_url: str | None) -> tuple[tuple[str, str], ...]:
-    """The headers of :func:`_secure_headers`, built once per TensorBoard URL (it may be set after
-    the app is made), not per request."""
-    frame = f"frame-src {tensorboard_url.rstrip('/')}; " if tensorboard_url else ""
-    return (("Content-Security-Policy",
-             f"default-src 'self'; img-src 'self' data:; connect-src 'self'; {frame}object-src 'none'; "
-             "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
-            ("X-Content-Type-Options", "nosniff"),
-            # same-origin, not no-referrer: with no-referrer Chromium posts the login form with
-            # `Origin: null`, which the cross-site check (monitor/auth.py) must refuse
-            ("Referrer-Policy", "same-origin"))
-
-
 def _secure_headers(response: Response, options: MonitorOptions) -> Response:
-    """A strict CSP on every answer (the pages hold no inline script or style; TensorBoard may be
-    framed), no sniffing, no framing of the monitor itself, no caching of job data."""
+    """:mod:`monitor.headers` on every answer (where the view did not set its own), ``no-store``
+    on all but static files."""
     headers = response.headers
-    for name, value in _security_headers(options.tensorboard_url):
+    for name, value in security_headers(options.tensorboard_url):
         if name not in headers:
             headers[name] = value
-    if "Cache-Control" not in headers and not request.path.startswith("/static/"):
-        headers["Cache-Control"] = "no-store"
+    if NO_STORE[0] not in headers and not request.path.startswith("/static/"):
+        headers[NO_STORE[0]] = NO_STORE[1]
     return response
 
 

@@ -1,6 +1,7 @@
 """Who may use the monitor: loopback without a token, anyone with the token otherwise.
 
-Rules (enforced for every request by :meth:`Gate.check`, installed as a ``before_request`` hook):
+Rules (decided by :meth:`Gate.admits`; enforced for every request by :meth:`Gate.check`, installed as a
+``before_request`` hook):
 
 - The monitor binds 127.0.0.1 by default. Binding any other address without a token is refused
   before anything listens (:func:`check_bind` raises :class:`InsecureBindError`, one line).
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from flask import Request, Response, jsonify, redirect, request, url_for
+from werkzeug.wrappers import Request as WerkzeugRequest
 
 from torchrt.errors import TorchrtError
 from torchrt.protocol import is_loopback
@@ -73,20 +75,27 @@ class Gate:
 
     def check(self) -> Response | None:
         """``before_request``: None lets the request through, else the answer that refuses it."""
-        origin = request.headers.get("Origin")
-        if request.method not in SAFE_METHODS and origin and urlsplit(origin).netloc != request.host:
+        if self.admits(request):
+            return None
+        if _cross_site(request):
             return _refuse(request, 403, "a request from another site's page is refused")
         if self.token is None:
-            if _host_name(request.host).lower() in _LOOPBACK_NAMES:
-                return None
             return _refuse(request, 403, "this monitor answers only under a loopback host name")
-        if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES) or self.allows(request):
-            return None
         if request.method == "GET" and _is_page(request):
             return redirect(url_for("login", next=request.full_path.rstrip("?")))
         return _refuse(request, 401, "a token is required: Authorization: Bearer TOKEN, or log in at /login")
 
-    def allows(self, req: Request) -> bool:
+    def admits(self, req: WerkzeugRequest) -> bool:
+        """Whether ``req`` may go on (the rules of the module docstring); what :meth:`check`
+        refuses otherwise. It needs no app context, so the snapshot's fast path
+        (:mod:`monitor.fastpath`) asks it too."""
+        if _cross_site(req):
+            return False
+        if self.token is None:
+            return _host_name(req.host).lower() in _LOOPBACK_NAMES
+        return req.path in OPEN_PATHS or req.path.startswith(OPEN_PREFIXES) or self.allows(req)
+
+    def allows(self, req: WerkzeugRequest) -> bool:
         """Whether ``req`` carries the token (bearer header or session cookie)."""
         if self.token is None:
             return True
@@ -106,6 +115,12 @@ class Gate:
         response.set_cookie(COOKIE, session_value(self.token), httponly=True, samesite="Strict", secure=secure,
                             path="/")
         return response
+
+
+def _cross_site(req: WerkzeugRequest) -> bool:
+    """An unsafe method sent by another site's page (its ``Origin`` is not this host)."""
+    origin = req.headers.get("Origin")
+    return req.method not in SAFE_METHODS and bool(origin) and urlsplit(origin).netloc != req.host
 
 
 def _is_page(req: Request) -> bool:

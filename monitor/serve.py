@@ -12,7 +12,8 @@ flask-sock needs (a websocket holds its request thread for as long as its page i
 - :func:`serve_gunicorn`: the monitor process (``torchrt monitor``, started by ``torchrt
   coordinator`` and ``torchrt run``) serves with gunicorn, the production WSGI server flask-sock
   documents: its ``gthread`` worker keeps connections alive and reuses a pool of threads (about
-  0.7 ms per request: 1,200+ requests/s with the client on the same two cores). One worker
+  0.4 ms of CPU per snapshot request with :mod:`monitor.fastpath`: 1,900 requests/s with the
+  client on the same two cores, benchmarks/RESULTS.md). One worker
   process: one app, so one broadcaster and one connection to the coordinator, whatever the
   number of pages open. The listening socket is bound here first (so ``port=0`` has a known
   port, the URL is known before the worker starts, and a taken port is a clear error); the

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.test import Client
 
 from monitor.app import MonitorOptions, close_app, create_app
+from monitor.fastpath import SnapshotFastPath
 from monitor.logs import EventIndex, EventQuery
 from monitor.live_source import CACHE_S, LiveSource
 from monitor.replay_source import ReplaySource
@@ -165,6 +167,51 @@ def test_bad_parameters_are_a_400_naming_the_key_and_unknown_things_a_404(replay
                  "/datasets/..%2F..%2Fevents.jsonl/previews", "/series?part=workers&subject=nope"]:
         assert "error" in replay.get(path, status=404), path
     assert replay.post("/stacks", "not an object", status=400)["key"] == "body"
+
+
+def _without_monitor_series(answer: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot answer less the monitor's own requests/s (it moves on each second, whoever answers)."""
+    answer["snapshot"]["series"].pop("monitor")
+    return answer
+
+
+def test_the_snapshot_fast_path_answers_as_the_flask_route_does_and_leaves_the_rest_to_it(replay, monkeypatch):
+    fast = replay.app.wsgi_app
+    assert isinstance(fast, SnapshotFastPath)
+    flask_alone = Client(fast.app)
+    to_flask: list[str] = []
+
+    def flask(environ: dict[str, Any], start_response: Any) -> Any:
+        to_flask.append(f"{environ['PATH_INFO']}?{environ['QUERY_STRING']}")
+        return flask_alone.application(environ, start_response)
+
+    monkeypatch.setattr(fast, "app", flask)
+    served = replay.client.get(API + "/snapshot")
+    assert to_flask == []  # answered in front of Flask
+    by_flask = flask_alone.get(API + "/snapshot")
+    assert served.status_code == by_flask.status_code == 200
+    assert dict(served.headers) == dict(by_flask.headers)
+    assert served.headers["Cache-Control"] == "no-store" and "frame-ancestors 'none'" in served.headers[
+        "Content-Security-Policy"]
+    assert _without_monitor_series(served.get_json()) == _without_monitor_series(by_flask.get_json())
+
+    start = replay.get("/snapshot")["span"][0]
+    assert replay.get(f"/snapshot?at={start}")["at"] == start  # a query: Flask's
+    rebound = replay.client.get(API + "/snapshot", headers={"Host": "attacker.example"})
+    assert rebound.status_code == 403 and "loopback host name" in rebound.get_json()["error"]  # the gate: Flask's
+    assert replay.client.head(API + "/snapshot").status_code == 200
+    monkeypatch.setattr(ReplaySource, "snapshot", lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("gone")))
+    failed = replay.client.get(API + "/snapshot")
+    assert failed.status_code == 500 and failed.get_json() == {"error": "internal error: RuntimeError"}
+    assert to_flask == [f"{API}/snapshot?at={start}", f"{API}/snapshot?", f"{API}/snapshot?", f"{API}/snapshot?"]
+
+
+def test_a_page_of_another_site_rebound_to_loopback_gets_no_job_data(replay):
+    """DNS rebinding: without a token the monitor answers only under a loopback Host."""
+    for path in ("/", "/tasks", API + "/settings", API + "/events", "/metrics"):
+        response = replay.client.get(path, headers={"Host": "attacker.example:8080"})
+        assert response.status_code == 403 and b"loopback host name" in response.data, path
+        assert replay.client.get(path, headers={"Host": "localhost:8080"}).status_code == 200, path
 
 
 def test_settings_name_the_run_and_versions(replay, finished_run_dir):
