@@ -26,7 +26,12 @@ event_to_ws_s.{p50,p95}
 event_to_dom_s.{p50,p95}
     The same events until Chromium (Playwright, /usr/bin/chromium, headless) shows them in the
     Logs page's live tail: a MutationObserver installed before the page loads stamps each
-    ``[data-seq]`` row when it appears; goal p95 <= 500 ms.
+    ``[data-seq]`` row when it appears; goal p95 <= 500 ms. The page is filtered to errors
+    (``/logs?level=error``, what a reader watching for errors opens); every marker should appear
+    (``lost`` 0). ``unfiltered``: the same on the tail of everything (``/logs``). There 1,000
+    ranks log ~100 ``step_progress`` events a second, and one websocket update can carry a
+    marker with more than the 100 rows the page shows after it: such a marker is scrolled off
+    in the frame that brings it and counts as ``lost`` there, which is not a latency.
 page_load_s.1000.{overview,tasks}
     A fresh browser context loads the page until it has drawn its data (``document.body.dataset
     .rendered``, stamped by a MutationObserver): ``performance.now()`` then, from navigation
@@ -257,6 +262,23 @@ def rendered_at(page: Any, timeout_s: float = 30.0) -> float:
     return float(stamp)
 
 
+def dom_latencies(browser: Any, running: Job, path: str, samples: int) -> Json:
+    """``samples`` markers, one at a time, until the Logs page at ``path`` shows each (see the
+    module docstring); ``lost``: markers that never appeared."""
+    context = browser.new_context()
+    context.add_init_script(STAMPS)
+    page = context.new_page()
+    page.goto(running.url + path)
+    rendered_at(page)
+    time.sleep(1.0)
+    sent = running.markers(samples)
+    time.sleep(3.0)
+    seen = page.evaluate("window.__seen")
+    context.close()
+    latencies = [seen[str(e["seq"])] / 1000 - e["ts"] for e in sent if str(e["seq"]) in seen]
+    return {**quantiles(latencies, 0.5), "lost": samples - len(latencies)}
+
+
 def browser_sections(running: Job, samples: int) -> Json:
     from playwright.sync_api import sync_playwright
 
@@ -279,18 +301,8 @@ def browser_sections(running: Job, samples: int) -> Json:
             out["page_load_s"] = {"1000": {name: {"value": round(statistics.median(v), 3), "goal": 2.0,
                                                   "all": [round(x, 3) for x in v]} for name, v in loads.items()},
                                   "console_errors": errors[:5], "console_error_count": len(errors)}
-            context = browser.new_context()
-            context.add_init_script(STAMPS)
-            page = context.new_page()
-            page.goto(running.url + "/logs")
-            rendered_at(page)
-            time.sleep(1.0)
-            sent = running.markers(samples)
-            time.sleep(3.0)
-            seen = page.evaluate("window.__seen")
-            context.close()
-            latencies = [seen[str(e["seq"])] / 1000 - e["ts"] for e in sent if str(e["seq"]) in seen]
-            out["event_to_dom_s"] = {**quantiles(latencies, 0.5), "lost": samples - len(latencies)}
+            out["event_to_dom_s"] = {**dom_latencies(browser, running, "/logs?level=error", samples),
+                                     "unfiltered": dom_latencies(browser, running, "/logs", samples)}
         finally:
             browser.close()
     return out

@@ -71,7 +71,7 @@ document.getElementById("newest").addEventListener("click", () => {
   poll.run(query, true);
 });
 
-const pushed = []; // the newest events the socket brought (at most LIMIT), newest last
+const pushed = []; // the newest events the socket brought that the filters keep (at most LIMIT), newest last
 
 /** The current filters as a test of one event, or null when only the server can tell (a text search). */
 function matcher() {
@@ -103,10 +103,13 @@ function withPushed(page) {
   };
 }
 
-/** Keep what the socket brought; true when the shown page now has it on top (no read needed). */
+/** Keep what the socket brought; true when the shown page now has it on top (no read needed).
+ * Only events the filters keep are kept: one update can bring an error and, after it, more than
+ * LIMIT events of other levels (1,000 ranks log ~100 a second), which must not push it out. */
 function foldPushed(view) {
   const last = pushed.length ? pushed[pushed.length - 1].seq : 0;
-  pushed.push(...view.events.filter((e) => e.seq > last));
+  const keep = matcher() || (() => true);
+  pushed.push(...view.events.filter((e) => e.seq > last && keep(e)));
   pushed.splice(0, Math.max(0, pushed.length - LIMIT));
   if (!answer || view.missed > 0 || !tailing(view)) return false;
   const merged = withPushed(answer);
