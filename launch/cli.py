@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -82,16 +83,23 @@ def _rank(text: str) -> int:
     return int(text)
 
 
+def _seconds_up_to(maximum: float) -> Callable[[str], float]:
+    """An argument type: seconds > 0 and <= ``maximum``."""
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= {maximum:g}, got {text!r}")
+        return value
+    return seconds
+
+
 def _dump_timeout(text: str) -> float:
     from torchrt.coordinator.stacks import MAX_TIMEOUT_S
 
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds <= MAX_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= {MAX_TIMEOUT_S:g}, got {text!r}")
-    return seconds
+    return _seconds_up_to(MAX_TIMEOUT_S)(text)
 
 
 def _log_level(text: str) -> str:
@@ -184,7 +192,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
     return serve_monitor(endpoint=None if args.run_dir else (args.endpoint or _default_endpoint()),
                          run_dir=args.run_dir, token=_token(args), bind=args.bind, port=args.port,
-                         tensorboard=args.tensorboard, owner_pid=args.owner_pid)
+                         tensorboard=args.tensorboard, owner_pid=args.owner_pid, wait_s=args.wait)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -284,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--port", type=_port, default=0, metavar="N", help="default: a free port")
     monitor.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                          help="do not start TensorBoard on the run's event files")
+    monitor.add_argument("--wait", type=_seconds_up_to(3600), default=10.0, metavar="SECONDS",
+                         help="how long to wait for the coordinator to answer (default: 10)")
     monitor.add_argument("--owner-pid", type=_pid, default=None, metavar="PID",
                          help="exit when this process exits (what `torchrt coordinator` uses)")
     monitor.set_defaults(func=_cmd_monitor)

@@ -43,13 +43,13 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def serve_monitor(*, endpoint: str | None, run_dir: str | None, token: str | None, bind: str, port: int,
-                  tensorboard: bool, owner_pid: int | None) -> int:
+                  tensorboard: bool, owner_pid: int | None, wait_s: float = 10.0) -> int:
     """Serve the monitor until SIGINT/SIGTERM or the owner's exit, then end the process with
     gunicorn's exit status; return 1 only if it could not listen.
 
     A replayed run is read here, before serving (a bad directory is an error at once); a live
     source is built in the server's worker process (it runs threads, which a fork would lose),
-    after a ping here says the coordinator answers."""
+    after a ping here says the coordinator answers (within ``wait_s``: it may still be starting)."""
     from launch.owner import watch_owner
     from monitor.app import MonitorOptions, create_app
     from monitor.auth import check_bind
@@ -65,8 +65,8 @@ def serve_monitor(*, endpoint: str | None, run_dir: str | None, token: str | Non
     replay = ReplaySource(Path(run_dir)) if run_dir is not None else None
     if replay is None:
         assert endpoint is not None
-        if ping(endpoint, timeout=10, token=token) is None:
-            raise CoordinatorUnavailableError(f"no coordinator answers at {endpoint}")
+        if ping(endpoint, timeout=wait_s, token=token) is None:
+            raise CoordinatorUnavailableError(f"no coordinator answers at {endpoint} within {wait_s:g} s (--wait)")
 
     def make_app(url: str) -> Flask:
         source: ViewSource = replay if replay is not None else LiveSource(endpoint, token=token)

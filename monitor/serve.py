@@ -6,8 +6,8 @@ flask-sock needs (a websocket holds its request thread for as long as its page i
 - :class:`MonitorServer`: Werkzeug's threaded WSGI server (``make_server(..., threaded=True)``)
   on a daemon thread of the caller's process, 127.0.0.1 and a free port by default. What tests
   and anything embedding a monitor use. It closes every connection after one response (Werkzeug
-  does not keep connections alive) and starts a thread per connection: about 1.3 ms of CPU per
-  request here, so the snapshot endpoint tops out near 600 requests/s on this 2-core machine,
+  does not keep connections alive) and starts a thread per connection: about 0.9 ms of CPU per
+  snapshot request here, so that endpoint tops out near 800 requests/s on this 2-core machine,
   short of the issue's 1,000 (benchmarks/RESULTS.md, "Monitor").
 - :func:`serve_gunicorn`: the monitor process (``torchrt monitor``, started by ``torchrt
   coordinator`` and ``torchrt run``) serves with gunicorn, the production WSGI server flask-sock

@@ -88,11 +88,16 @@ def test_monitor_beyond_loopback_without_a_token_is_refused(tmp_path: Path) -> N
         "TORCHRT_TOKEN_FILE or TORCHRT_TOKEN), or bind 127.0.0.1"]
 
 
-def test_monitor_without_a_coordinator_is_a_one_line_error() -> None:
-    result = subprocess.run([*TORCHRT, "monitor", "--endpoint", f"127.0.0.1:{free_port()}", "--no-tensorboard"],
-                            cwd=REPO, capture_output=True, text=True, timeout=START_S)
-    assert result.returncode == 1 and result.stderr.startswith("torchrt: no coordinator answers at 127.0.0.1:")
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_monitor_without_a_coordinator_is_a_one_line_error_after_its_wait() -> None:
+    port = free_port()
+    result = subprocess.run([*TORCHRT, "monitor", "--endpoint", f"127.0.0.1:{port}", "--no-tensorboard",
+                             "--wait", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=START_S)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"torchrt: no coordinator answers at 127.0.0.1:{port} within 0.5 s (--wait)"]
+    bad = subprocess.run([*TORCHRT, "monitor", "--wait", "0"], cwd=REPO, capture_output=True, text=True,
+                         timeout=START_S)
+    assert bad.returncode == 2 and "--wait: expected seconds > 0 and <= 3600, got '0'" in bad.stderr
 
 
 def test_coordinator_starts_its_monitor_and_records_its_url(tmp_path: Path) -> None:
