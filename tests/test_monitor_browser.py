@@ -236,6 +236,9 @@ def test_every_page_renders_the_live_job_without_console_errors(live: Live, page
     page.wait_for_selector("#conn.live", timeout=WAIT_MS)
     assert page.locator("nav a[aria-current='page']").count() == 1
     assert page.locator("#mode-badge").inner_text() == "live"
+    cut = page.evaluate("[...document.querySelectorAll('.card .value')]"
+                        ".filter((v) => v.scrollWidth > v.clientWidth).map((v) => v.textContent)")
+    assert cut == []  # no summary card's value is cut off (an ellipsis) at 1280 px
     shot(page, name)
     assert console == []
 

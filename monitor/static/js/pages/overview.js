@@ -6,7 +6,7 @@
 import { getAllRows, getJSON } from "../api.js";
 import { card, el, fill, pager, stateChip, table } from "../dom.js";
 import { Directory, STATUS_COLOR, STATUS_ORDER, lastProgress, workerStatus } from "../directory.js";
-import { ago, bytes, clock, int, mbps, ms, num, pct, rate, us } from "../format.js";
+import { ago, bytes, clock, int, mbps, ms, num, pair, pct, rate, us } from "../format.js";
 import { HeatStrip } from "../heatstrip.js";
 import { Poll, startPage, withAt } from "../shell.js";
 import { Timeline } from "../timeline.js";
@@ -100,7 +100,7 @@ function renderCards(s) {
         ? `durable step ${ck.latest_step}${lastCommit ? ` · ${bytes(lastCommit.bytes)}` : ""}${saving.length ? " · saving" : ""}`
         : saving.length ? "saving the first" : "none yet",
       ck.problems_total ? "warn" : null),
-    card("Barrier p50 / p99", barrier ? `${us(barrier.p50_us)} / ${us(barrier.p99_us)}` : "–",
+    card("Barrier p50 / p99", barrier ? pair(us(barrier.p50_us), us(barrier.p99_us)) : "–",
       barrier ? `max ${us(barrier.max_us)} · worst ${us(barrier.worst_us)} · ${barrier.name}` : "no barrier reported"),
     card("Round", rdzv.current ? `#${rdzv.current.round}` : "–",
       pending ? `forming #${pending.round}: ${pending.reason || ""}` : rdzv.current
