@@ -6,9 +6,9 @@ flask-sock needs (a websocket holds its request thread for as long as its page i
 - :class:`MonitorServer`: Werkzeug's threaded WSGI server (``make_server(..., threaded=True)``)
   on a daemon thread of the caller's process, 127.0.0.1 and a free port by default. What tests
   and anything embedding a monitor use. It closes every connection after one response (Werkzeug
-  does not keep connections alive) and starts a thread per connection: about 0.9 ms of CPU per
-  snapshot request here, so that endpoint tops out near 800 requests/s on this 2-core machine,
-  short of the issue's 1,000 (benchmarks/RESULTS.md, "Monitor").
+  does not keep connections alive) and starts a thread per connection: 0.6-0.9 ms of CPU per
+  snapshot request here, 780-1,200 requests/s on this 2-core machine, against gunicorn's 1,530
+  in the same runs (benchmarks/RESULTS.md, "Monitor").
 - :func:`serve_gunicorn`: the monitor process (``torchrt monitor``, started by ``torchrt
   coordinator`` and ``torchrt run``) serves with gunicorn, the production WSGI server flask-sock
   documents: its ``gthread`` worker keeps connections alive and reuses a pool of threads (about
