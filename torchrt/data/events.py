@@ -11,6 +11,10 @@ documented in ``docs/data.md``):
 ``data_timing``         same cadence: seconds spent reading, mapping and waiting for data in the window
 ``data_preview``        a sample rendering (see :mod:`torchrt.data.preview`)
 
+A rank's step report (``step`` live, ``step_progress`` logged: :mod:`torchrt.telemetry.steps`) also
+says where its data is; the fold moves a registered dataset's position with it, so the job's place
+in the epoch is as fresh as the ranks' own (``data_progress`` comes every 5 s).
+
 :func:`registry_view` folds these events (as the coordinator records them) into
 one record per dataset; it imports nothing heavy so the coordinator can use it.
 Each pipeline instance carries a random ``session`` id, so per-rank sample
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from torchrt.contract import EventType
+from torchrt.contract import STEP_REPORTS, EventType
 from torchrt.telemetry import get_reporter
 from torchrt.telemetry.steps import note_data
 
@@ -141,7 +145,7 @@ class RegistryFold:
     """
 
     name = "datasets"
-    types = frozenset(DATA_EVENTS)
+    types = frozenset(DATA_EVENTS) | STEP_REPORTS
     row_kinds = ("ranks", "previews")
 
     def __init__(self) -> None:
@@ -152,6 +156,8 @@ class RegistryFold:
     def apply(self, event: dict[str, Any]) -> bool:
         """Apply one event; False when it is not a (well-formed) data event."""
         kind, name = event.get("type"), event.get("dataset")
+        if kind in STEP_REPORTS:
+            return self._step_report(event)
         if not isinstance(name, str) or kind not in DATA_EVENTS:
             return False
         view, counted = self.view, self._counted
@@ -185,6 +191,17 @@ class RegistryFold:
             record["timing"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
         else:
             record["preview"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
+        return True
+
+    def _step_report(self, event: dict[str, Any]) -> bool:
+        """A rank's step report says where its data is (about every second live, against
+        ``data_progress`` every 5 s): it moves the position of a dataset that rank registered, so
+        the job's place in the epoch keeps up with the ranks' own."""
+        record = self.view.get(event.get("dataset"))
+        ranks = record["ranks"].get(event.get("rank")) if record is not None else None
+        if ranks is None:
+            return False
+        _advance(record, ranks, event)
         return True
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
