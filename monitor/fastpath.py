@@ -14,7 +14,7 @@ the rule Flask's ``before_request`` hook applies) and the source gives the body.
 Flask route's: the same bytes, ``Content-Type``, :mod:`monitor.headers`, and the request is counted
 in the monitor's requests/s like any other. Everything else, including every request the gate
 would refuse or redirect and a source that fails, goes to Flask untouched, so refusals and errors
-(and their logging) have one implementation. tests/test_monitor_app.py compares the two answers.
+(and their logging) have one implementation. tests/test_monitor_api.py compares the two answers.
 """
 
 from __future__ import annotations

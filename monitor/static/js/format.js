@@ -38,6 +38,7 @@ export function ms(v) {
 }
 
 export const us = (v) => (known(v) ? ms(v / 1000) : DASH);
+export const seconds = (v) => (known(v) ? ms(v * 1000) : DASH);
 
 /** Two formatted values as "a / b", with their unit written once when they share it: "716 / 980 µs"
  * (a card's value has room for about a dozen characters). */
@@ -47,7 +48,6 @@ export function pair(a, b) {
   if (shared === null || shared !== unit(b)) return `${a} / ${b}`;
   return `${a.slice(0, -shared.length - 1)} / ${b}`;
 }
-export const seconds = (v) => (known(v) ? ms(v * 1000) : DASH);
 
 /** A span of seconds for people: "42 s", "3 min 12 s", "2 h 05 min", "3 d 4 h". */
 export function duration(s) {
