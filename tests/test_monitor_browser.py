@@ -227,6 +227,32 @@ def test_an_unknown_page_is_a_real_404_page(replay: str, page, console: list[str
     assert [e for e in console if "404" not in e] == []  # only the browser's note of the 404 itself
 
 
+FIT_CARDS = """async (values) => {
+  const { card, fillCards } = await import("/static/js/dom.js");
+  const section = document.createElement("section");
+  section.className = "cards";
+  document.getElementById("main").prepend(section);
+  fillCards(section, ...values.map((v, i) => card(`card ${i}`, v)));
+  return [...section.querySelectorAll(".value")].map((v) => v.style.fontSize);
+}"""
+CUT_VALUES = ("[...document.querySelectorAll('.card .value')]"
+              ".filter((v) => v.scrollWidth > v.clientWidth).map((v) => v.textContent)")
+
+
+def test_a_card_value_too_wide_for_its_card_is_shrunk_to_fit_also_after_a_resize(replay: str, page,
+                                                                                console: list[str]) -> None:
+    # A slow machine's barrier ("7.61 / 7.61 ms") was cut to "7.61 / 7.61 m…" at 1280 px; a short value keeps its size.
+    page.goto(replay + "/")
+    page.wait_for_selector("#cards .card", timeout=WAIT_MS)
+    sizes = page.evaluate(FIT_CARDS, ["7.61 / 7.61 ms", "850 µs / 1.25 s", "4"])
+    assert sizes[0] != "" and sizes[1] != "" and sizes[2] == ""
+    assert page.evaluate(f"() => {CUT_VALUES}") == []
+    page.set_viewport_size({"width": 1000, "height": 800})  # narrower cards (155 px, not 172): fitted again, smaller
+    until(page, f"{CUT_VALUES}.length === 0 && "
+                "parseFloat(document.querySelector('section.cards .value').style.fontSize) < parseFloat(arg)", sizes[0])
+    assert console == []
+
+
 # ------------------------------------------------------------------------------------------ live
 @pytest.mark.parametrize("name", list(PAGES))
 def test_every_page_renders_the_live_job_without_console_errors(live: Live, page, console: list[str],

@@ -41,7 +41,7 @@ export const us = (v) => (known(v) ? ms(v / 1000) : DASH);
 export const seconds = (v) => (known(v) ? ms(v * 1000) : DASH);
 
 /** Two formatted values as "a / b", with their unit written once when they share it: "716 / 980 µs"
- * (a card's value has room for about a dozen characters). */
+ * (a card fits a longer value by shrinking its font: dom.js fitValues). */
 export function pair(a, b) {
   const unit = (text) => (text.includes(" ") ? text.slice(text.lastIndexOf(" ") + 1) : null);
   const shared = unit(a);

@@ -5,7 +5,7 @@
 
 import { getSeries, pageKey } from "../api.js";
 import { TimeChart, columns } from "../charts.js";
-import { card, el, fill, pager, progress, stateChip, table } from "../dom.js";
+import { card, el, fill, fillCards, pager, progress, stateChip, table } from "../dom.js";
 import { ago, brief, bytes, clock, int, mbps, seconds } from "../format.js";
 import { Poll, startPage } from "../shell.js";
 
@@ -42,7 +42,7 @@ function render(view) {
   const ck = view.snapshot.checkpoints || {};
   const last = (ck.committed || []).at(-1);
   const saving = ck.saving || [];
-  fill(document.getElementById("cards"),
+  fillCards(document.getElementById("cards"),
     card("Last durable step", ck.latest_step ?? "–", last ? `committed ${ago(last.ts, view.now)}` : "nothing committed yet"),
     card("Committed", int(ck.committed_total), last ? `last ${bytes(last.bytes)} in ${seconds(last.total_s)}` : ""),
     card("Last write", last ? mbps(last.mb_s) : "–", last && last.ranks ? `slowest rank: stall ${seconds(last.ranks.max_stall_s)}, write ${seconds(last.ranks.max_write_s)}` : ""),

@@ -4,7 +4,7 @@
 // page stays the same size.
 
 import { getAllRows, getJSON } from "../api.js";
-import { card, el, fill, pager, stateChip, table } from "../dom.js";
+import { card, el, fill, fillCards, pager, stateChip, table } from "../dom.js";
 import { Directory, STATUS_COLOR, STATUS_ORDER, lastProgress, workerStatus } from "../directory.js";
 import { ago, bytes, clock, int, mbps, ms, num, pair, pct, rate, us } from "../format.js";
 import { HeatStrip } from "../heatstrip.js";
@@ -85,7 +85,7 @@ function renderCards(s) {
   const slowest = (prog.slowest || [])[0];
   const pending = rdzv.pending;
   const gpus = machines.gpus || {};
-  fill(document.getElementById("cards"),
+  fillCards(document.getElementById("cards"),
     card("Workers", `${int(byState.running || 0)} / ${int(w.total || 0)}`,
       `running${w.world_size ? ` · world size ${w.world_size}` : ""}${w.restarted ? ` · ${w.restarted} restarted` : ""}`,
       (alerts.rank_stalled || 0) > 0 ? "bad" : null),

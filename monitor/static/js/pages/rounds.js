@@ -4,7 +4,7 @@
 // the nodes (when each joined, its state now). Rounds and nodes come a page at a time.
 
 import { cssColor } from "../charts.js";
-import { card, el, fill, pager, stateChip, table } from "../dom.js";
+import { card, el, fill, fillCards, pager, stateChip, table } from "../dom.js";
 import { ago, clock, duration, int, seconds } from "../format.js";
 import { pageKey } from "../api.js";
 import { startPage } from "../shell.js";
@@ -31,7 +31,7 @@ function render(view) {
   const r = view.snapshot.rendezvous || {};
   const nodes = (r.nodes || {}).by_status || {};
   const current = r.current;
-  fill(document.getElementById("cards"),
+  fillCards(document.getElementById("cards"),
     card("Current round", current ? `#${current.round}` : "–", current
       ? `${current.world_size} nodes · ${current.reason || ""} · formed ${ago(current.completed_at, view.now)}` : "none formed yet"),
     card("Rounds formed", int(r.rounds_total), r.closed ? `closed${r.closed_by ? ` by ${r.closed_by}` : ""}` : "rendezvous open"),

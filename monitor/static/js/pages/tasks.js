@@ -2,7 +2,7 @@
 // stalled ranks marked. The workers come a page of 50 at a time (the websocket's want), so a thousand
 // workers are twenty pages, not one huge table; `?rank=N` opens the page that holds rank N.
 
-import { card, el, fill, pager, progress, stateChip, table } from "../dom.js";
+import { card, el, fill, fillCards, pager, progress, stateChip, table } from "../dom.js";
 import { Directory, STALLED, STRAGGLING, lastProgress, workerStatus } from "../directory.js";
 import { ago, duration, int, ms, num, pct } from "../format.js";
 import { startPage } from "../shell.js";
@@ -62,7 +62,7 @@ function render(view) {
   const page = view.pages.get(`workers/workers?offset=${offset}&limit=${LIMIT}`);
   const reporting = prog.step && prog.step.max !== null && prog.step.max !== undefined;
   const last = reporting ? prog : lastProgress(page ? page.items : []);
-  fill(document.getElementById("cards"),
+  fillCards(document.getElementById("cards"),
     card("Epoch", last.epoch.max !== null && last.epoch.max !== undefined ? String(last.epoch.max) : main ? String(main.epoch) : "–",
       main ? `${main.name}: ${pct(epochFraction)} of ${int(main.size)} samples` : "no dataset registered"),
     card("Samples/s", num(prog.samples_per_s), `${int(prog.reporting || 0)} ranks reporting`),
