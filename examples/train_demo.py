@@ -94,7 +94,7 @@ def main() -> None:
     ckpt = CheckpointManager.from_spec(spec, replicated=("model", "optim", "data", "progress")) if spec else None
     restored = ckpt.load_latest(state, per_rank_on_resize="keep") if ckpt else None
     step = state["progress"]["step"]
-    faults = FaultInjector(demo.faults, ctx.rank, ctx.run_id)
+    faults = FaultInjector(demo.faults, ctx.rank, ctx.run_id, data)
     seen = SeenLog(ctx)
     seen.started(step)
     if ctx.rank == 0:

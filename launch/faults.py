@@ -13,9 +13,11 @@ to run. The faults (:class:`torchrt.config.DemoFaults`):
                  (``python -m launch.faults``) and resumes the node early when it is told to stop.
 ``slow_rank``    the worker of ``rank`` gets its data ``delay`` seconds late in each step from
                  ``from_step`` to ``until_step``: a rank with a slow loader, the straggler of
-                 data-parallel training (the sleep counts as the step's data wait, as torchrt.data
-                 counts a pipeline that delivers late; the others wait for it in the collectives,
-                 and the alert rules flag it on its ``data_wait_ms``).
+                 data-parallel training. The sleep is told to the rank's pipeline
+                 (:meth:`torchrt.data.ShardedPipeline.note_wait`), so it counts as the step's data
+                 wait and in the dataset's ``data_timing``, as a pipeline that delivers late would:
+                 the Datasets page shows the rank waiting, the others wait for it in the
+                 collectives, and the alert rules flag it on its ``data_wait_ms``.
 
 ``kill_worker`` and ``stop_node`` fire once per *job*: the first rank to reach one adds 1 to a
 counter in the coordinator's store (:func:`torchrt.contract.demo_fault_key`), which lives
@@ -40,6 +42,7 @@ import psutil
 
 if TYPE_CHECKING:  # the stop_node helper imports nothing of torchrt: it must start fast
     from torchrt.config import DemoFaults
+    from torchrt.data import ShardedPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +50,21 @@ __all__ = ["FaultInjector", "stop_processes"]
 
 
 class FaultInjector:
-    """The faults of ``faults`` that concern the worker of ``rank`` in job ``run_id``."""
+    """The faults of ``faults`` that concern the worker of ``rank`` in job ``run_id``, which reads
+    its batches from ``data``."""
 
-    def __init__(self, faults: DemoFaults, rank: int, run_id: str | None) -> None:
+    def __init__(self, faults: DemoFaults, rank: int, run_id: str | None, data: ShardedPipeline) -> None:
         self.faults = faults
         self.rank = rank
         self.run_id = run_id or "job"
+        self.data = data
 
     def before_step(self, step: int) -> None:
         """Inject what is due before ``step`` (may not return: ``kill_worker``)."""
         slow = self.faults.slow_rank
         if slow and slow.rank == self.rank and slow.from_step <= step <= (slow.until_step or step):
-            from torchrt.telemetry.steps import note_wait
-
             time.sleep(slow.delay)
-            note_wait("data", slow.delay)
+            self.data.note_wait(slow.delay)
         stop = self.faults.stop_node
         if stop and stop.rank == self.rank and stop.step == step and self._first("stop_node"):
             self._stop_node(stop.seconds, step)

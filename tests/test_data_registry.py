@@ -175,3 +175,18 @@ def test_a_step_report_moves_the_dataset_forward_between_progress_reports():
     assert fold.apply({"type": EventType.STEP, "rank": 0, "step": 32}) is False  # a report with no data
     assert set(fold.view) == {"d"} and fold.view["d"]["position"] == 300
     assert fold.snapshot()["d"]["samples_in_epoch"] == 50  # counts still come from data_progress
+
+
+def test_the_summary_names_the_rank_that_waits_longest_for_its_data():
+    fold = ev.RegistryFold()
+    assert fold.apply({"type": ev.DATASET_REGISTERED, "dataset": "d", "rank": 0, "size": 100, "world_size": 3})
+    for rank, fraction in ((0, 0.01), (1, 0.43), (2, 0.02)):
+        assert fold.apply({"type": ev.DATA_TIMING, "dataset": "d", "rank": rank, "samples_per_s": 17.0,
+                           "wait_fraction": fraction})
+    timing = fold.snapshot()["d"]["timing"]
+    assert (timing["wait_fraction_max"], timing["wait_fraction_max_rank"], timing["ranks"]) == (0.43, 1, 3)
+    assert timing["wait_fraction_mean"] == round((0.01 + 0.43 + 0.02) / 3, 4)
+    empty = ev.RegistryFold()
+    empty.apply({"type": ev.DATASET_REGISTERED, "dataset": "e", "rank": 0, "size": 10})
+    assert (empty.snapshot()["e"]["timing"]["wait_fraction_max"], empty.snapshot()["e"]["timing"]
+            ["wait_fraction_max_rank"]) == (None, None)  # no timing yet: nothing to name

@@ -55,3 +55,26 @@ def test_bad_demo_values_name_the_key(override: str, message: str):
     with pytest.raises(ConfigError, match="^" + str(DEMO).replace(".", r"\.") + ": ") as raised:
         load_config(DEMO, [override])
     assert str(raised.value) == f"{DEMO}: {message}"
+
+
+def test_the_slow_rank_fault_delivers_late_and_the_dataset_counts_the_wait(recorder):
+    """The slow rank's late batches are the dataset's wait too, not only the step report's: the
+    Datasets page said its ranks waited 0% while Tasks said the slow rank waited 300 ms a step."""
+    import torch
+
+    from launch.faults import FaultInjector
+    from torchrt.config import DemoFaults
+    from torchrt.contract import EventType
+    from torchrt.data import ShardedPipeline
+    from torchrt.data.sources import ArraySource
+
+    pipeline = ShardedPipeline(ArraySource({"x": torch.zeros(24, 1)}, name="digits"), batch_size=8, workers=0,
+                               shuffle=False, preview_interval=None)
+    slow = FaultInjector(DemoFaults(slow_rank=SlowRank(rank=0, delay=0.02, from_step=2, until_step=2)), 0, "job",
+                         pipeline)
+    other = FaultInjector(DemoFaults(slow_rank=SlowRank(rank=1, delay=5.0)), 0, "job", pipeline)  # not this rank
+    for step, _batch in enumerate(pipeline, start=1):
+        slow.before_step(step)
+        other.before_step(step)
+    [timing] = recorder.of(EventType.DATA_TIMING)
+    assert 0.02 <= timing["wait_s"] < 0.5  # step 2's delay, once

@@ -171,6 +171,23 @@ def test_replay_slider_shows_the_job_as_of_that_time(replay: str, finished_run_d
     assert console == []
 
 
+def test_the_datasets_page_reads_the_fields_and_names_the_rank_waiting_longest(replay: str, finished_run_dir: Path,
+                                                                               page, console: list[str]) -> None:
+    [name] = {e["dataset"] for e in logged_events(finished_run_dir, EventType.DATASET_REGISTERED)}
+    last_timing = {e["rank"]: e["wait_fraction"] for e in logged_events(finished_run_dir, EventType.DATA_TIMING)
+                   if e["dataset"] == name}
+    worst = max(last_timing, key=last_timing.__getitem__)
+    assert last_timing[worst] > 0, "some rank waited for its data"
+    page.goto(replay + "/datasets")
+    panel = page.locator(f"section[data-dataset='{name}']")
+    panel.wait_for(timeout=WAIT_MS)
+    fields = panel.locator("table.kv tr", has=page.locator("th", has_text="Fields")).locator("td").inner_text()
+    assert fields == "input float32 [1, 8, 8] · target int64 scalar"  # not the JSON it arrives as
+    waiting = panel.locator(".card", has=page.locator(".label", has_text="Waiting for data")).locator(".sub")
+    assert waiting.inner_text().endswith(f"(rank {worst})")
+    assert console == []
+
+
 def test_logs_filters_narrow_the_log(replay: str, finished_run_dir: Path, page,
                                      console: list[str]) -> None:
     committed = len(logged_events(finished_run_dir, EventType.CHECKPOINT_COMMITTED))

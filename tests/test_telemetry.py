@@ -20,7 +20,7 @@ import torch
 import torchrt
 from torchrt.contract import EventType, Op, Role
 from torchrt.coordinator import CoordinatorClient
-from torchrt.data import ShardedPipeline
+from torchrt.data import DataConfigError, ShardedPipeline
 from torchrt.errors import CoordinatorUnavailableError
 from torchrt.data.sources import ArraySource
 from torchrt.telemetry import Reporter, coordinator_reporter
@@ -225,6 +225,23 @@ def test_the_data_pipeline_hands_epoch_position_and_wait_to_the_step_report():
     [report] = steps_module._meter.window()
     assert (report["dataset"], report["epoch"], report["position"]) == ("numbers", 0, 64)
     assert report["data_wait_ms"] > 0.0
+
+
+def test_a_wait_the_loop_notes_on_a_dataset_counts_in_its_timing_as_in_the_step_report(recorder):
+    # The demo's slow rank slept in its loop and told only the step meter: Tasks said it waited 300 ms a
+    # step for data while the Datasets page said the dataset's ranks waited 0%.
+    steps_module._meter.window(final=True)
+    source = ArraySource({"x": torch.zeros(32, 1)}, name="late")
+    pipeline = ShardedPipeline(source, batch_size=8, workers=0, shuffle=False, preview_interval=None)
+    for _batch in pipeline:
+        pipeline.note_wait(0.05)  # counted, not slept: the loop's own sleep is what it reports
+        torchrt.step(samples=8)
+    [report] = steps_module._meter.window()
+    assert 50.0 <= report["data_wait_ms"] < 60.0
+    [timing] = recorder.of(EventType.DATA_TIMING)
+    assert (timing["dataset"], timing["batches"]) == ("late", 4) and 0.2 <= timing["wait_s"] < 0.24
+    with pytest.raises(DataConfigError, match=r"dataset 'late'.*a wait cannot be negative, got -1"):
+        pipeline.note_wait(-1)
 
 
 def test_a_checkpoint_save_hands_its_stall_to_the_step_report(tmp_path, recorder):

@@ -9,6 +9,8 @@ documented in ``docs/data.md``):
 ``data_progress``       every ``interval`` seconds and at the end of an epoch: global position, this
                         rank's samples consumed in the epoch
 ``data_timing``         same cadence: seconds spent reading, mapping and waiting for data in the window
+                        (waiting: on the pipeline, plus what the training loop reports it waited on
+                        the dataset outside it, :meth:`DataEvents.waited`)
 ``data_preview``        a sample rendering (see :mod:`torchrt.data.preview`)
 
 A rank's step report (``step`` live, ``step_progress`` logged: :mod:`torchrt.telemetry.steps`) also
@@ -30,7 +32,7 @@ from typing import Any
 
 from torchrt.contract import STEP_REPORTS, EventType
 from torchrt.telemetry import get_reporter
-from torchrt.telemetry.steps import note_data
+from torchrt.telemetry.steps import note_data, note_wait
 
 __all__ = [
     "DATASET_REGISTERED",
@@ -95,6 +97,12 @@ class DataEvents:
         self._wait_s += wait_s
         if self.clock() - self._window_start >= self.interval:
             self.report(epoch=epoch, position=position, size=size, step=step, steps=steps, done=False)
+
+    def waited(self, seconds: float) -> None:
+        """The consumer waited ``seconds`` for this dataset outside the pipeline's own timing: counted
+        in the window's wait and in the current step's data wait, as a late batch from the pipeline is."""
+        note_wait("data", seconds)
+        self._wait_s += seconds
 
     @property
     def pending(self) -> bool:
@@ -227,12 +235,15 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     facts = {k: v for k, v in record.items() if k not in ("ranks", "timing", "preview", "resumes")}
     timing = record["timing"].values()
     rates = [t["samples_per_s"] for t in timing if isinstance(t.get("samples_per_s"), (int, float))]
-    waits = [t["wait_fraction"] for t in timing if isinstance(t.get("wait_fraction"), (int, float))]
+    by_rank = {rank: t["wait_fraction"] for rank, t in record["timing"].items()
+               if isinstance(t.get("wait_fraction"), (int, float))}
+    waits = list(by_rank.values())
     return {**facts, "ranks": len(record["ranks"]),
             "samples_in_epoch": sum(r["samples"].get(record["epoch"], 0) for r in record["ranks"].values()),
             "resumes": len(record["resumes"]), "last_resume": record["resumes"][-1] if record["resumes"] else None,
             "timing": {"ranks": len(record["timing"]), "samples_per_s": round(sum(rates), 3),
                        "wait_fraction_max": max(waits, default=None),
+                       "wait_fraction_max_rank": max(by_rank, key=by_rank.__getitem__) if by_rank else None,
                        "wait_fraction_mean": round(sum(waits) / len(waits), 4) if waits else None}}
 
 

@@ -262,6 +262,14 @@ class ShardedPipeline:
         self.preview = PreviewTap(self.name, rank, interval=preview_interval, clock=clock)
         self._warned_empty = False
 
+    def note_wait(self, seconds: float) -> None:
+        """Count ``seconds`` the training loop spent waiting for this dataset's batch outside the
+        pipeline (a staging step of its own, the late delivery of the demo's ``slow_rank`` fault): the
+        dataset's ``data_timing`` and the step's data wait both include it."""
+        if seconds < 0:
+            raise DataConfigError(f"a wait cannot be negative, got {seconds}", dataset=self.name)
+        self.events.waited(seconds)
+
     # ------------------------------------------------------------------ state
     @property
     def epoch(self) -> int:

@@ -4,7 +4,7 @@
 // which rank reads which part of the epoch (the datasets/ranks rows, a page of 50 at a time).
 
 import { getJSON } from "../api.js";
-import { card, el, fill, kvTable, pager, progress, table } from "../dom.js";
+import { card, el, fill, fitValues, kvTable, pager, progress, table } from "../dom.js";
 import { ago, brief, int, num, pct } from "../format.js";
 import { Poll, startPage } from "../shell.js";
 
@@ -30,14 +30,23 @@ function render(view) {
     ? names.map((name) => datasetPanel(datasets[name], view))
     : el("section", { class: "panel" }, el("p", { class: "empty" },
       "No dataset registered yet: a job that reads through torchrt.data shows its datasets here.")));
+  fitValues(document.getElementById("datasets"));
   renderRanks(view);
+}
+
+/** A sample's fields for people: "input float32 [1, 8, 8] · target int64 scalar" (anything else: its JSON). */
+function fieldsText(fields) {
+  if (!fields || typeof fields !== "object") return brief(fields);
+  const one = ([name, f]) => (f && typeof f.dtype === "string" && Array.isArray(f.shape)
+    ? `${name} ${f.dtype} ${f.shape.length ? `[${f.shape.join(", ")}]` : "scalar"}` : `${name} ${brief(f)}`);
+  return Object.entries(fields).map(one).join(" · ") || "–";
 }
 
 function datasetPanel(d, view) {
   const fraction = d.size ? Math.min(1, (d.position || 0) / d.size) : null;
   const timing = d.timing || {};
   const facts = [
-    ["Kind", d.kind || "–"], ["Path", d.path || "–"], ["Fields", brief(d.fields)], ["Batch size", int(d.batch_size)],
+    ["Kind", d.kind || "–"], ["Path", d.path || "–"], ["Fields", fieldsText(d.fields)], ["Batch size", int(d.batch_size)],
     ["World size", int(d.world_size)], ["Tail", d.tail || "–"], ["Shuffle", d.shuffle === undefined ? "–" : `${d.shuffle} (seed ${d.seed ?? "–"})`],
     ["Loader workers", d.workers === undefined ? "–" : `${d.workers}${d.worker_mode ? ` (${d.worker_mode})` : ""}`],
     ["Resumes", d.resumes ? `${d.resumes}: last at epoch ${d.last_resume?.epoch}, position ${d.last_resume?.position}` +
@@ -51,7 +60,9 @@ function datasetPanel(d, view) {
       card("Epoch", int(d.epoch), `position ${int(d.position)}`),
       card("Consumed this epoch", int(d.samples_in_epoch), `by ${int(d.ranks)} ranks`),
       card("Read rate", num(timing.samples_per_s), `samples/s · ${int(timing.ranks)} ranks timed`),
-      card("Waiting for data", pct(timing.wait_fraction_mean), `mean · worst ${pct(timing.wait_fraction_max)}`,
+      card("Waiting for data", pct(timing.wait_fraction_mean), `mean · worst ${pct(timing.wait_fraction_max)}` +
+        (Number.isInteger(timing.wait_fraction_max_rank) && timing.wait_fraction_max > 0
+          ? ` (rank ${timing.wait_fraction_max_rank})` : ""),
         timing.wait_fraction_max > 0.3 ? "warn" : null)),
     progress(fraction, `epoch ${d.epoch ?? "?"}: ${int(d.position)} of ${int(d.size)} (${pct(fraction)})`),
     el("div", { class: "grid-2" },
