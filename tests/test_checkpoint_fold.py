@@ -30,3 +30,37 @@ def test_a_step_saved_again_after_a_restore_is_in_flight_again():
     fold.apply({"type": EventType.CHECKPOINT_RESTORED, "ts": 3.0, "step": 10, "rank": 0})  # the job went back
     fold.apply(_saved(20, 0))
     assert [s["step"] for s in fold.snapshot()["saving"]] == [20]
+
+
+def _restored(step: int, rank: int) -> dict:
+    return {"type": EventType.CHECKPOINT_RESTORED, "ts": 3.0, "step": step, "rank": rank}
+
+
+def test_a_save_a_dead_node_left_unfinished_ends_with_the_restore_of_the_next_generation():
+    # The demo's stopped node: ranks 2 and 3 reported step 200, ranks 0 and 1 (and rank 0's commit) never
+    # did; the job restored step 200 and went on. Step 200 stayed "in flight, 2 of 4 ranks" for good.
+    fold = CheckpointFold()
+    for rank in (2, 3):
+        fold.apply(_saved(200, rank))
+    assert [s["step"] for s in fold.snapshot()["saving"]] == [200]
+    for rank in range(4):
+        fold.apply(_restored(200, rank))
+    assert fold.snapshot()["saving"] == []
+    fold.apply(_saved(200, 0))  # a late report of the old generation's save
+    assert fold.snapshot()["saving"] == []
+    fold.apply(_saved(210, 1))  # the new generation's first save
+    assert [(s["step"], s["ranks"]) for s in fold.snapshot()["saving"]] == [(210, 1)]
+
+
+def test_a_commit_settles_every_earlier_step_still_in_flight():
+    fold = CheckpointFold()
+    fold.apply(_saved(10, 1))  # step 10's other shard and its commit were never reported
+    fold.apply(_saved(20, 0))
+    fold.apply(_saved(20, 1))
+    fold.apply(_committed(20))
+    assert fold.snapshot()["saving"] == []
+    fold.apply(_saved(10, 0))  # later than the commit of a later step: not a save in flight
+    assert fold.snapshot()["saving"] == []
+    fold.apply({"type": EventType.CHECKPOINT_FAILED, "ts": 4.0, "step": 30, "rank": 0, "error": "disk full"})
+    fold.apply(_saved(30, 1))
+    assert fold.snapshot()["saving"] == [] and fold.snapshot()["problems_total"] == 1

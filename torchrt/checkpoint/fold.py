@@ -3,7 +3,16 @@
 :class:`CheckpointFold` takes the checkpoint events (docs/checkpoint.md) as the
 coordinator records them: the steps being saved (ranks whose shard is durable,
 bytes so far, until the step commits or fails), the committed checkpoints (the
-last ``keep``, newest last), failures and skips, restores. ``snapshot()`` is
+last ``keep``, newest last), failures and skips, restores.
+
+A save is in flight until it is settled, and the record does not always say so
+step by step. Commits come in step order (a manager saves one step at a time), so
+a commit or failure of step C settles every step up to C. A restore (the job
+went back to a durable step R, in a new generation) ends every save of the old
+generation: a node that died mid-save never reports the rest, and its own commit
+may be lost with its worker (the demo's stopped node: step 200 shown in flight
+with 2 of 4 ranks forever, restored from a minute later). After either, a shard's
+report of a step up to that floor is late, not a new save. ``snapshot()`` is
 bounded at any number of ranks: per-rank figures of a commit are summarised
 (count, slowest stall and write), the long lists are pages (``rows``).
 ``samples`` gives the series the view keeps: commit time and throughput, and
@@ -27,7 +36,6 @@ __all__ = ["CheckpointFold"]
 Event = dict[str, Any]
 SHOWN = 5          # committed checkpoints, problems and restores in the snapshot
 KEEP_SAVING = 4    # steps in flight tracked at once (older ones are dropped from the list)
-KEEP_SETTLED = 64  # committed or failed steps remembered, so that a late shard report does not reopen one
 _SERIES = {
     EventType.CHECKPOINT_COMMITTED: ("total_s", "commit_s", "mb_s", "bytes"),
     EventType.CHECKPOINT_SAVED: ("stall_s", "write_s", "mb_s"),
@@ -50,9 +58,9 @@ class CheckpointFold:
         self.committed_total = 0
         self.problems_total = 0
         self.saving: dict[int, dict[str, Any]] = {}
-        # steps committed or failed since the last restore: a shard's report that comes in after
-        # its step was settled (rank 0 committed as soon as every shard was durable) is not a new save
-        self._settled: dict[int, None] = {}
+        # the highest step settled (committed, failed, restored) since the last restore: a shard's report
+        # of a step up to it (rank 0 committed as soon as every shard was durable) is not a new save
+        self._floor: int | None = None
 
     def apply(self, event: Event) -> bool:
         kind = event.get("type")
@@ -73,20 +81,21 @@ class CheckpointFold:
                 self._settle(step)
         elif kind == EventType.CHECKPOINT_RESTORED:
             self.restored.append(fields)
-            self._settled.clear()  # the job went back: the steps after the restored one are saved anew
+            self.saving.clear()  # the old generation's saves end here; the steps after this one are saved anew
+            self._floor = step if isinstance(step, int) else None
         else:
             return False
         return True
 
     def _settle(self, step: Any) -> None:
-        self.saving.pop(step, None)
-        if isinstance(step, int):
-            self._settled[step] = None
-            while len(self._settled) > KEEP_SETTLED:
-                del self._settled[next(iter(self._settled))]
+        if not isinstance(step, int):
+            return
+        for done in [s for s in self.saving if s <= step]:
+            del self.saving[done]
+        self._floor = step if self._floor is None else max(self._floor, step)
 
     def _saved(self, step: int, event: Event) -> None:
-        if step in self._settled:
+        if self._floor is not None and step <= self._floor:
             return
         entry = self.saving.get(step)
         if entry is None:
