@@ -15,7 +15,7 @@ view's own (live or as of the replay's end). Every family is prefixed ``torchrt_
 | ``torchrt_step_seconds`` | ``stat`` (median, max) | workers.progress.step_ms |
 | ``torchrt_checkpoint_mbytes_per_second`` | | the last committed checkpoint's mb_s |
 | ``torchrt_checkpoint_latest_step`` | | checkpoints.latest_step |
-| ``torchrt_checkpoints_committed_total`` / ``_problems_total`` | | checkpoints |
+| ``torchrt_checkpoints_committed_total`` / ``_problems_total`` / ``_restores_total`` | | checkpoints |
 | ``torchrt_barrier_wait_seconds`` | ``barrier``, ``quantile`` (0.5, 1) | barriers.names p50/max |
 | ``torchrt_node_cpu_percent`` | ``stat`` (mean, max) | machines.cpu_percent |
 | ``torchrt_node_memory_percent_max`` | | machines.mem_percent_max |
@@ -99,7 +99,8 @@ class SnapshotCollector(Collector):
                           "checkpoint (MB/s)", last.get("mb_s") if isinstance(last, Mapping) else None)
         yield from _gauge("torchrt_checkpoint_latest_step", "Step of the last committed checkpoint",
                           _get(s, "checkpoints", "latest_step"))
-        for key, doc in (("committed_total", "Checkpoints committed"), ("problems_total", "Checkpoint problems")):
+        for key, doc in (("committed_total", "Checkpoints committed"), ("problems_total", "Checkpoint problems"),
+                         ("restores_total", "Checkpoint restores of the job (its ranks restoring one step: one)")):
             value = _num(_get(s, "checkpoints", key))
             if value is not None:
                 yield CounterMetricFamily(f"torchrt_checkpoints_{key.removesuffix('_total')}", doc, value=value)

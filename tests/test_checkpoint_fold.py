@@ -64,3 +64,18 @@ def test_a_commit_settles_every_earlier_step_still_in_flight():
     fold.apply({"type": EventType.CHECKPOINT_FAILED, "ts": 4.0, "step": 30, "rank": 0, "error": "disk full"})
     fold.apply(_saved(30, 1))
     assert fold.snapshot()["saving"] == [] and fold.snapshot()["problems_total"] == 1
+
+
+def test_the_ranks_restoring_one_step_are_one_restore_of_the_job():
+    # The Checkpoints page said "Restores 5" after two restarts of four ranks: it counted the five
+    # per-rank rows the snapshot shows.
+    fold = CheckpointFold()
+    for step in (100, 200):
+        for rank in (1, 0, 3, 2):
+            fold.apply(_restored(step, rank))
+    fold.apply(_restored(200, 0))  # rank 0 alone, again (its worker restarted once more): a third restore
+    snapshot = fold.snapshot()
+    assert (snapshot["restores_total"], snapshot["restored_ranks_total"]) == (3, 9)
+    assert snapshot["last_restore"] == {"step": 200, "ranks": 1, "first_at": 3.0}
+    assert len(fold.rows("restored")) == 9 and len(snapshot["restored"]) == 5  # the rows page; the snapshot shows 5
+    assert CheckpointFold().snapshot()["last_restore"] is None

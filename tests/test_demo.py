@@ -128,6 +128,10 @@ def test_killed_worker_restarts_resumes_and_every_sample_is_trained_on_once(tmp_
     summary = json.loads((results / "demo.json").read_text())
     assert summary["world_size"] == 4 and summary["backend"] == "gloo"
     assert summary["resumed_from"] is not None and 0 < summary["resumed_from"] < 20
+    checkpoints = snapshot["checkpoints"]  # one restore of the job, by its four ranks; nothing left in flight
+    assert (checkpoints["restores_total"], checkpoints["last_restore"]["step"], checkpoints["last_restore"]["ranks"]) \
+        == (1, summary["resumed_from"], 4)
+    assert checkpoints["saving"] == []
     assert trained_on(results) == list(range(DIGITS)), "every sample of the epoch exactly once"
 
 

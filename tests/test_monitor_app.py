@@ -219,6 +219,7 @@ def test_metrics_parse_and_show_the_job(monitor: Monitor) -> None:
     assert samples[("torchrt_samples_per_second", ())] > 0
     assert samples[("torchrt_step_seconds", (("stat", "median"),))] > 0
     assert samples[("torchrt_checkpoints_committed_total", ())] >= 1
+    assert samples[("torchrt_checkpoints_restores_total", ())] == 0  # the job has not gone back
     assert samples[("torchrt_checkpoint_mbytes_per_second", ())] > 0
     assert samples[("torchrt_events_total", ())] > 10
     assert ("torchrt_node_cpu_percent", (("stat", "max"),)) in samples

@@ -12,7 +12,11 @@ went back to a durable step R, in a new generation) ends every save of the old
 generation: a node that died mid-save never reports the rest, and its own commit
 may be lost with its worker (the demo's stopped node: step 200 shown in flight
 with 2 of 4 ranks forever, restored from a minute later). After either, a shard's
-report of a step up to that floor is late, not a new save. ``snapshot()`` is
+report of a step up to that floor is late, not a new save.
+
+Each rank reports its own restore; the job's restores (``restores_total``,
+``last_restore``) count the ranks that restored the same step together once. A
+rank that restores again, or another step, starts the next one. ``snapshot()`` is
 bounded at any number of ranks: per-rank figures of a commit are summarised
 (count, slowest stall and write), the long lists are pages (``rows``).
 ``samples`` gives the series the view keeps: commit time and throughput, and
@@ -57,6 +61,9 @@ class CheckpointFold:
         self.restored: deque[Event] = deque(maxlen=keep)
         self.committed_total = 0
         self.problems_total = 0
+        self.restored_ranks_total = 0  # restored events, one per rank
+        self.restores_total = 0        # the job's restores: the ranks restoring one step together
+        self._restore: dict[str, Any] | None = None  # the latest: {"step", "ranks": set, "first_at"}
         self.saving: dict[int, dict[str, Any]] = {}
         # the highest step settled (committed, failed, restored) since the last restore: a shard's report
         # of a step up to it (rank 0 committed as soon as every shard was durable) is not a new save
@@ -81,6 +88,7 @@ class CheckpointFold:
                 self._settle(step)
         elif kind == EventType.CHECKPOINT_RESTORED:
             self.restored.append(fields)
+            self._restored(step, event)
             self.saving.clear()  # the old generation's saves end here; the steps after this one are saved anew
             self._floor = step if isinstance(step, int) else None
         else:
@@ -93,6 +101,14 @@ class CheckpointFold:
         for done in [s for s in self.saving if s <= step]:
             del self.saving[done]
         self._floor = step if self._floor is None else max(self._floor, step)
+
+    def _restored(self, step: Any, event: Event) -> None:
+        self.restored_ranks_total += 1
+        rank, current = event.get("rank"), self._restore
+        if current is None or current["step"] != step or rank in current["ranks"]:
+            self.restores_total += 1
+            current = self._restore = {"step": step, "ranks": set(), "first_at": event.get("ts")}
+        current["ranks"].add(rank)
 
     def _saved(self, step: int, event: Event) -> None:
         if self._floor is not None and step <= self._floor:
@@ -126,8 +142,13 @@ class CheckpointFold:
 
     def snapshot(self) -> dict[str, Any]:
         latest = self.committed[-1] if self.committed else None
+        restore = self._restore
+        last_restore = None if restore is None else \
+            {"step": restore["step"], "ranks": len(restore["ranks"]), "first_at": restore["first_at"]}
         return {"latest_step": latest.get("step") if latest else None, "committed_total": self.committed_total,
-                "problems_total": self.problems_total, "saving": [dict(s) for s in self.saving.values()],
+                "problems_total": self.problems_total, "restores_total": self.restores_total,
+                "restored_ranks_total": self.restored_ranks_total, "last_restore": last_restore,
+                "saving": [dict(s) for s in self.saving.values()],
                 "committed": [_summary(c) for c in list(self.committed)[-SHOWN:]],
                 "problems": list(self.problems)[-SHOWN:], "restored": list(self.restored)[-SHOWN:]}
 

@@ -25,7 +25,7 @@ function wantsOf(view) {
   const end = Math.max(0, kept - historyBack);
   return [{ part: "checkpoints", kind: "committed", offset: Math.max(0, end - LIMIT), limit: Math.min(LIMIT, end) || LIMIT },
           { part: "checkpoints", kind: "problems", offset: Math.max(0, Math.min(ck.problems_total || 0, KEPT) - 10), limit: 10 },
-          { part: "checkpoints", kind: "restored", offset: 0, limit: 10 }];
+          { part: "checkpoints", kind: "restored", offset: Math.max(0, Math.min(ck.restored_ranks_total || 0, KEPT) - 10), limit: 10 }];
 }
 
 const ctl = startPage({
@@ -48,7 +48,8 @@ function render(view) {
     card("Last write", last ? mbps(last.mb_s) : "–", last && last.ranks ? `slowest rank: stall ${seconds(last.ranks.max_stall_s)}, write ${seconds(last.ranks.max_write_s)}` : ""),
     card("In flight", int(saving.length), saving.length ? `step ${saving.map((s) => s.step).join(", ")}` : "no save under way"),
     card("Problems", int(ck.problems_total), "failed or skipped", ck.problems_total ? "warn" : null),
-    card("Restores", int((ck.restored || []).length), (ck.restored || []).length ? `last from step ${(ck.restored || []).at(-1).step}` : "none"));
+    card("Restores", int(ck.restores_total), ck.last_restore
+      ? `last from step ${ck.last_restore.step} · ${int(ck.last_restore.ranks)} rank${ck.last_restore.ranks === 1 ? "" : "s"}` : "none"));
   fill(document.getElementById("flight"), saving.length ? table([
     { label: "Step", cell: (s) => s.step },
     { label: "Ranks durable", cls: "bar-cell", cell: (s) => {
