@@ -188,6 +188,29 @@ def test_the_datasets_page_reads_the_fields_and_names_the_rank_waiting_longest(r
     assert console == []
 
 
+def test_the_checkpoints_page_counts_the_jobs_restores_and_lists_the_newest(tmp_path: Path, page,
+                                                                           console: list[str]) -> None:
+    # Three restarts of four ranks: the card said "5" (the snapshot's rows) and the table listed the oldest ten.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    t0 = time.time() - 60
+    lines = [{"seq": 1, "ts": t0, "type": EventType.COORDINATOR_STARTED, "run_id": "restores"}]
+    for i, step in enumerate((10, 20, 30)):
+        lines += [{"seq": len(lines) + 1, "ts": t0 + 10 * (i + 1) + rank / 10, "type": EventType.CHECKPOINT_RESTORED,
+                   "step": step, "rank": rank, "read_s": 0.01, "mb_s": 5.0} for rank in range(4)]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with MonitorServer(create_app(ReplaySource(run_dir), MonitorOptions())) as server:
+        page.goto(server.url + "/checkpoints")
+        page.wait_for_selector("#restores tbody tr", timeout=WAIT_MS)
+        assert card_value(page, "Restores") == "3"
+        assert "last from step 30 · 4 ranks" in page.locator(".card", has=page.locator(".label", has_text="Restores")) \
+            .locator(".sub").inner_text()
+        cells = page.locator("#restores tbody tr").first.locator("td").all_inner_texts()
+        assert (cells[1], cells[2]) == ("30", "3")  # the newest first: the last rank to restore step 30
+        assert page.locator("#restores tbody tr").count() == 10
+    assert console == []
+
+
 def test_logs_filters_narrow_the_log(replay: str, finished_run_dir: Path, page,
                                      console: list[str]) -> None:
     committed = len(logged_events(finished_run_dir, EventType.CHECKPOINT_COMMITTED))
