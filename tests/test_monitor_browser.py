@@ -23,6 +23,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,40 +172,52 @@ def test_replay_slider_shows_the_job_as_of_that_time(replay: str, finished_run_d
     assert console == []
 
 
-def test_the_datasets_page_reads_the_fields_and_names_the_rank_waiting_longest(replay: str, finished_run_dir: Path,
-                                                                               page, console: list[str]) -> None:
-    [name] = {e["dataset"] for e in logged_events(finished_run_dir, EventType.DATASET_REGISTERED)}
-    last_timing = {e["rank"]: e["wait_fraction"] for e in logged_events(finished_run_dir, EventType.DATA_TIMING)
-                   if e["dataset"] == name}
-    worst = max(last_timing, key=last_timing.__getitem__)
-    assert last_timing[worst] > 0, "some rank waited for its data"
-    page.goto(replay + "/datasets")
-    panel = page.locator(f"section[data-dataset='{name}']")
-    panel.wait_for(timeout=WAIT_MS)
-    fields = panel.locator("table.kv tr", has=page.locator("th", has_text="Fields")).locator("td").inner_text()
-    assert fields == "input float32 [1, 8, 8] · target int64 scalar"  # not the JSON it arrives as
-    waiting = panel.locator(".card", has=page.locator(".label", has_text="Waiting for data")).locator(".sub")
-    assert waiting.inner_text().endswith(f"(rank {worst})")
+@contextmanager
+def replayed_record(tmp_path: Path, records: list[dict]) -> Iterator[str]:
+    """A monitor replaying a run directory whose events.jsonl holds ``records`` (numbered, stamped from
+    a minute ago): what a page makes of a record written for the case."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    t0 = time.time() - 60
+    lines = [{"seq": 1, "ts": t0, "type": EventType.COORDINATOR_STARTED, "run_id": "case"}]
+    lines += [{"seq": i + 2, "ts": t0 + 1 + i / 10, **record} for i, record in enumerate(records)]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with MonitorServer(create_app(ReplaySource(run_dir), MonitorOptions())) as server:
+        yield server.url
+
+
+def test_the_datasets_page_reads_the_fields_and_names_the_rank_waiting_longest(tmp_path: Path, page,
+                                                                               console: list[str]) -> None:
+    # The demo's slow rank 2: Tasks said it waited for data; Datasets said "worst 0%" and named nobody.
+    fields = {"input": {"dtype": "float32", "shape": [1, 8, 8]}, "target": {"dtype": "int64", "shape": []}}
+    records = [{"type": EventType.DATASET_REGISTERED, "dataset": "digits", "rank": rank, "world_size": 3,
+                "size": 1797, "kind": "digits", "fields": fields, "batch_size": 8} for rank in range(3)]
+    records += [{"type": EventType.DATA_TIMING, "dataset": "digits", "rank": rank, "world_size": 3, "epoch": 0,
+                 "samples_per_s": 17.0, "wait_fraction": fraction}
+                for rank, fraction in ((0, 0.01), (1, 0.02), (2, 0.42))]
+    with replayed_record(tmp_path, records) as url:
+        page.goto(url + "/datasets")
+        panel = page.locator("section[data-dataset='digits']")
+        panel.wait_for(timeout=WAIT_MS)
+        shown = panel.locator("table.kv tr", has=page.locator("th", has_text="Fields")).locator("td").inner_text()
+        assert shown == "input float32 [1, 8, 8] · target int64 scalar"  # not the JSON it arrives as
+        waiting = panel.locator(".card", has=page.locator(".label", has_text="Waiting for data"))
+        assert waiting.locator(".sub").inner_text() == "mean · worst 42% (rank 2)"
+        assert "warn" in waiting.get_attribute("class")
     assert console == []
 
 
 def test_the_checkpoints_page_counts_the_jobs_restores_and_lists_the_newest(tmp_path: Path, page,
                                                                            console: list[str]) -> None:
     # Three restarts of four ranks: the card said "5" (the snapshot's rows) and the table listed the oldest ten.
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    t0 = time.time() - 60
-    lines = [{"seq": 1, "ts": t0, "type": EventType.COORDINATOR_STARTED, "run_id": "restores"}]
-    for i, step in enumerate((10, 20, 30)):
-        lines += [{"seq": len(lines) + 1, "ts": t0 + 10 * (i + 1) + rank / 10, "type": EventType.CHECKPOINT_RESTORED,
-                   "step": step, "rank": rank, "read_s": 0.01, "mb_s": 5.0} for rank in range(4)]
-    (run_dir / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with MonitorServer(create_app(ReplaySource(run_dir), MonitorOptions())) as server:
-        page.goto(server.url + "/checkpoints")
+    records = [{"type": EventType.CHECKPOINT_RESTORED, "step": step, "rank": rank, "read_s": 0.01, "mb_s": 5.0}
+               for step in (10, 20, 30) for rank in range(4)]
+    with replayed_record(tmp_path, records) as url:
+        page.goto(url + "/checkpoints")
         page.wait_for_selector("#restores tbody tr", timeout=WAIT_MS)
         assert card_value(page, "Restores") == "3"
-        assert "last from step 30 · 4 ranks" in page.locator(".card", has=page.locator(".label", has_text="Restores")) \
-            .locator(".sub").inner_text()
+        restores = page.locator(".card", has=page.locator(".label", has_text="Restores"))
+        assert restores.locator(".sub").inner_text() == "last from step 30 · 4 ranks"
         cells = page.locator("#restores tbody tr").first.locator("td").all_inner_texts()
         assert (cells[1], cells[2]) == ("30", "3")  # the newest first: the last rank to restore step 30
         assert page.locator("#restores tbody tr").count() == 10
