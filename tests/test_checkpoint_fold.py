@@ -79,3 +79,9 @@ def test_the_ranks_restoring_one_step_are_one_restore_of_the_job():
     assert snapshot["last_restore"] == {"step": 200, "ranks": 1, "first_at": 3.0}
     assert len(fold.rows("restored")) == 9 and len(snapshot["restored"]) == 5  # the rows page; the snapshot shows 5
     assert CheckpointFold().snapshot()["last_restore"] is None
+
+
+def test_a_restore_report_with_a_malformed_rank_is_still_one_restore():
+    fold = CheckpointFold()
+    fold.apply({**_restored(10, 0), "rank": {"not": "a rank"}})  # raised TypeError (unhashable) in the fold
+    assert (fold.snapshot()["restores_total"], fold.snapshot()["last_restore"]["ranks"]) == (1, 1)

@@ -317,22 +317,25 @@ def test_the_machines_part_goes_back_to_the_last_logged_sample_when_the_node_goe
     assert sum(live.points("machines", "worker", "rss")["count"]) == MAX_WORKERS
 
 
-def test_a_report_a_part_cannot_take_is_counted_and_a_coordinator_restarted_on_the_record_starts(tmp_path):
+def test_reports_of_odd_values_fail_no_part_and_a_coordinator_restarted_on_the_record_starts(tmp_path):
     first = start(tmp_path)
     node = node_client(first.endpoint, "n0")
     worker = CoordinatorClient(first.endpoint, role=Role.WORKER, run_id="job",
                                hello={"info": {"rank": 0, "node_id": "n0", "round": form_round(node)}})
     worker.connect(timeout=5)
     saving = {"type": EventType.CHECKPOINT_SAVED, "step": 10, "bytes": 1, "stall_s": 0.1, "write_s": 1.0, "mb_s": 1.0}
-    bad = {"type": EventType.CHECKPOINT_FAILED, "step": {"not": "a step"}, "stage": "write", "error": "x"}
-    assert worker.request(Op.TELEMETRY, events=[saving, bad], timeout=10)["accepted"] == 2  # well-formed reports
-    assert first.snapshot()["failures"] == {"checkpoints": 1}
+    odd = [{"type": EventType.CHECKPOINT_FAILED, "step": {"not": "a step"}, "stage": "write", "error": "x"},
+           {"type": EventType.CHECKPOINT_RESTORED, "step": 10, "read_s": [1]}]
+    assert worker.request(Op.TELEMETRY, events=[saving, *odd], timeout=10)["accepted"] == 3  # well-formed reports
+    assert first.snapshot()["failures"] == {} and first.snapshot()["checkpoints"]["problems_total"] == 1
     worker.close()
     node.close()
     first.stop()
-    again = start(tmp_path)  # replays the record, bad report included
+    again = start(tmp_path)  # replays the record, odd reports included
     try:
-        assert again.snapshot()["failures"] == {"checkpoints": 1} and again.snapshot()["run"]["incarnations"] == 2
+        snapshot = again.snapshot()
+        assert snapshot["failures"] == {} and snapshot["run"]["incarnations"] == 2
+        assert (snapshot["checkpoints"]["problems_total"], snapshot["checkpoints"]["restores_total"]) == (1, 1)
     finally:
         again.stop()
 

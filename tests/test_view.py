@@ -452,3 +452,30 @@ def test_a_second_of_a_thousand_ranks_reports_and_snapshots_set_off_no_garbage_c
         gc.set_threshold(*threshold)
     assert collections == [], f"{len(collections)} garbage collections (generations {collections})"
     assert view.snapshot()["workers"]["progress"]["reporting"] == 1000
+
+
+class _Fragile:
+    """A part that cannot take a checkpoint_failed event (its step is not a number)."""
+
+    name = "fragile"
+    types = frozenset({EventType.CHECKPOINT_FAILED})
+
+    def apply(self, event: dict) -> bool:
+        return int(event["step"]) >= 0
+
+    def snapshot(self) -> dict:
+        return {}
+
+
+def test_an_event_a_part_cannot_take_is_counted_against_it_warned_once_and_the_others_take_it(caplog):
+    view = JobView(parts=[_Fragile(), CheckpointFold()])
+    bad = {"type": EventType.CHECKPOINT_FAILED, "seq": 1, "ts": 1.0, "step": {"not": "a step"}, "error": "x"}
+    with caplog.at_level(logging.WARNING, logger="torchrt.view.job"):
+        assert view.apply(bad) is True  # the checkpoint fold took it
+        view.apply({**bad, "seq": 2})
+    assert view.snapshot()["failures"] == {"fragile": 2}
+    assert view.snapshot()["checkpoints"]["problems_total"] == 2
+    assert [r.getMessage() for r in caplog.records].count(
+        "job view: the fragile part could not take a checkpoint_failed event (TypeError: int() argument must be a "
+        "string, a bytes-like object or a real number, not 'dict'); such events are counted in its snapshot's "
+        "'failures'") == 1

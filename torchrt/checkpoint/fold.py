@@ -105,6 +105,7 @@ class CheckpointFold:
     def _restored(self, step: Any, event: Event) -> None:
         self.restored_ranks_total += 1
         rank, current = event.get("rank"), self._restore
+        rank = rank if isinstance(rank, int) else None  # a malformed rank is no rank, not a failure of the fold
         if current is None or current["step"] != step or rank in current["ranks"]:
             self.restores_total += 1
             current = self._restore = {"step": step, "ranks": set(), "first_at": event.get("ts")}
