@@ -14,7 +14,6 @@ monitor.live's and monitor.prom's; any other path under ``/api/v1`` is a 404 in 
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,34 +25,22 @@ from torchrt.coordinator.observe import MAX_PAGE
 from torchrt.errors import CoordinatorUnavailableError
 
 from monitor.errors import NotFoundError, NotLiveError, QueryError
-from monitor.logs import EventQuery, int_arg, level_of, number_arg, text_arg
+from monitor.logs import EventQuery, int_arg, number_arg, text_arg
+from monitor.sentences import level_of, sentence
 from monitor.sources import ViewSource
 
 __all__ = ["PREFIX", "TIMELINE", "SnapshotAnswer", "api_blueprint"]
 
 PREFIX = "/api/v1"
 E = EventType
-# The timeline's events: lane and label (fields by name; a missing one shows as "?").
-TIMELINE: dict[EventType, tuple[str, str]] = {
-    E.COORDINATOR_STARTED: ("restart", "coordinator started at {endpoint}"),
-    E.COORDINATOR_RESTARTED: ("restart", "coordinator restarted on the record (clean before: {clean})"),
-    E.ROUND_STARTED: ("round", "round {round} needed: {reason}"),
-    E.ROUND_COMPLETED: ("round", "round {round} formed: {world_size} node(s) in {total_s} s"),
-    E.ROUND_TIMEOUT: ("round", "node {node} waited {waited_s} s for a round"),
-    E.RENDEZVOUS_CLOSED: ("round", "rendezvous closed by {by}"),
-    E.RESTART: ("restart", "node {node} restarted its workers: {reason}"),
-    E.NODE_DEAD: ("alert", "node {node} dead: {reason}"),
-    E.CHECKPOINT_COMMITTED: ("checkpoint", "checkpoint of step {step} committed ({mb_s} MB/s)"),
-    E.CHECKPOINT_FAILED: ("checkpoint", "checkpoint of step {step} failed on rank {rank}: {error}"),
-    E.CHECKPOINT_SKIPPED: ("checkpoint", "checkpoint of step {step} skipped: {reason}"),
-    E.CHECKPOINT_RESTORED: ("checkpoint", "rank {rank} restored step {step}"),
-    E.RANK_STRAGGLING: ("alert", "rank {rank} straggling: x{ratio} the others' step time"),
-    E.RANK_STALLED: ("alert", "rank {rank} stalled at step {step}"),
-    E.RANK_RECOVERED: ("alert", "rank {rank} recovered ({was})"),
-    E.STACKS_DUMPED: ("alert", "stack dump {request} ({reason})"),
-    E.ERROR: ("error", "coordinator error in {where}: {error}"),
-    E.RUN_DIR_ERROR: ("error", "run directory not writable: {error}"),
-    E.SHUTDOWN: ("restart", "coordinator shut down: {reason}"),
+# The timeline's events and their lanes (their labels: monitor.sentences).
+TIMELINE: dict[EventType, str] = {
+    E.COORDINATOR_STARTED: "restart", E.COORDINATOR_RESTARTED: "restart", E.ROUND_STARTED: "round",
+    E.ROUND_COMPLETED: "round", E.ROUND_TIMEOUT: "round", E.RENDEZVOUS_CLOSED: "round", E.RESTART: "restart",
+    E.NODE_DEAD: "alert", E.CHECKPOINT_COMMITTED: "checkpoint", E.CHECKPOINT_FAILED: "checkpoint",
+    E.CHECKPOINT_SKIPPED: "checkpoint", E.CHECKPOINT_RESTORED: "checkpoint", E.RANK_STRAGGLING: "alert",
+    E.RANK_STALLED: "alert", E.RANK_RECOVERED: "alert", E.STACKS_DUMPED: "alert", E.ERROR: "error",
+    E.RUN_DIR_ERROR: "error", E.SHUTDOWN: "restart",
 }
 TIMELINE_LIMIT = 500
 _TIMELINE_TYPES = frozenset(t.value for t in TIMELINE)
@@ -180,18 +167,10 @@ def _required(args: Mapping[str, str], key: str) -> str:
     return value
 
 
-class _Fields(dict):
-    def __missing__(self, key: str) -> str:
-        return "?"
-
-
 def _mark(event: dict[str, Any]) -> dict[str, Any]:
     """One event on the timeline: its lane, label and the fields that place it."""
     kind = EventType(event["type"])
-    lane, label = TIMELINE[kind]
     level = level_of(kind)
-    fields = _Fields({k: round(v, 3) if isinstance(v, float) else v for k, v in event.items()})
-    text = string.Formatter().vformat(label, (), fields)
-    return {"ts": event.get("ts"), "kind": "error" if level is Level.ERROR else lane, "label": text[:300],
-            "type": kind.value, "seq": event.get("seq"), "level": level.value,
+    return {"ts": event.get("ts"), "kind": "error" if level is Level.ERROR else TIMELINE[kind],
+            "label": sentence(event), "type": kind.value, "seq": event.get("seq"), "level": level.value,
             **{k: event[k] for k in ("round", "rank", "node", "node_id", "step", "request") if k in event}}

@@ -45,7 +45,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from monitor.errors import QueryError
-from monitor.logs import level_of
+from monitor.sentences import presented
 from monitor.sources import ViewSource
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class Broadcaster:
     # ------------------------------------------------------------ thread
     def _on_change(self, events: list[dict[str, Any]]) -> None:
         """The source's listener (its thread): queue the events, wake the broadcaster."""
-        leveled = [{**event, "level": level_of(event.get("type")).value} for event in events]
+        leveled = [presented(event) for event in events]
         with self._lock:
             self._on_change_locked(self._events + leveled, 0)
             self._wake.notify()

@@ -42,13 +42,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from torchrt.contract import EVENT_LEVELS, EventType, Level
+from torchrt.contract import EventType, Level
 from torchrt.coordinator.run_dir import EVENTS_FILE
 
 from monitor.errors import QueryError
+from monitor.sentences import level_of, presented
 
-__all__ = ["DEFAULT_LIMIT", "EventIndex", "EventQuery", "MAX_LIMIT", "MAX_TEXT", "RECENT", "int_arg", "level_of",
-           "number_arg", "text_arg"]
+__all__ = ["DEFAULT_LIMIT", "EventIndex", "EventQuery", "MAX_LIMIT", "MAX_TEXT", "RECENT", "int_arg", "number_arg",
+           "text_arg"]
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
@@ -63,14 +64,6 @@ _HEAD = re.compile(rb'\{"seq":(\d+),"ts":([-+0-9.eE]+),"type":"([^"\\]*)"')
 _PLAIN = re.compile(r"[ -~]*")  # printable ASCII: searchable in the raw line as it is
 _QUOTE_FREE = re.compile(r'[^"\\]*')
 _TYPES = frozenset(t.value for t in EventType)
-
-
-def level_of(event_type: object) -> Level:
-    """The level of an event type (:data:`torchrt.contract.EVENT_LEVELS`; info when not listed)."""
-    try:
-        return EVENT_LEVELS.get(EventType(event_type), Level.INFO)
-    except ValueError:
-        return Level.INFO
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,7 +316,7 @@ def _head(line: bytes) -> tuple[int, float, str] | None:
 
 
 def _answer(items: list[Event], total: int | None, next_before: int | None, partial: bool) -> dict[str, Any]:
-    return {"items": [{**e, "level": level_of(e.get("type")).value} for e in items], "total": total,
+    return {"items": [presented(e) for e in items], "total": total,
             "next_before": next_before, "partial": partial}
 
 

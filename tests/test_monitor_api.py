@@ -120,6 +120,8 @@ def test_the_event_log_filters_by_type_level_node_rank_and_text_and_pages_newest
     assert seen == [e["seq"] for e in reversed(every)]
     started = replay.get("/events?type=worker_started")
     assert started["total"] == RANKS and sorted(e["rank"] for e in started["items"]) == list(range(RANKS))
+    assert [e["what"] for e in started["items"]] == [f"rank {e['rank']} started in round {e['round']} "
+                                                     f"(pid {e['pid']}, {e['backend']})" for e in started["items"]]
     assert [e["rank"] for e in replay.get("/events?type=worker_started,worker_stopped&rank=2")["items"]] == [2, 2]
     node = started["items"][0]["node_id"]
     assert {e.get("node_id") or e.get("node") for e in replay.get(f"/events?node={node}&limit=500")["items"]} == {node}

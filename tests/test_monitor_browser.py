@@ -226,7 +226,8 @@ def test_the_checkpoints_page_counts_the_jobs_restores_and_lists_the_newest(tmp_
 
 def test_logs_filters_narrow_the_log(replay: str, finished_run_dir: Path, page,
                                      console: list[str]) -> None:
-    committed = len(logged_events(finished_run_dir, EventType.CHECKPOINT_COMMITTED))
+    commits = logged_events(finished_run_dir, EventType.CHECKPOINT_COMMITTED)
+    committed = len(commits)
     rows = page.locator("#events tbody tr")
 
     def apply(**fields: str) -> None:
@@ -246,6 +247,9 @@ def test_logs_filters_narrow_the_log(replay: str, finished_run_dir: Path, page,
     until(page, f"{EVENTS}.length === arg", committed)
     assert {r.get_attribute("data-type") for r in rows.all()} == {EventType.CHECKPOINT_COMMITTED.value}
     assert "type=checkpoint_committed" in page.url  # a filtered log has an address
+    newest = commits[-1]  # said in a sentence, its fields behind it
+    assert rows.first.locator("td.msg summary").inner_text() == \
+        f"checkpoint of step {newest['step']} committed ({round(newest['mb_s'], 3)} MB/s)"
 
     apply(rank="1")
     until(page, f"{EVENTS}.length > 0 && {EVENTS}.every(r => r.children[4].textContent === '1')")

@@ -13,7 +13,7 @@ import { Poll, startPage } from "../shell.js";
 
 const LIMIT = 100;
 const FIELDS = ["level", "type", "node", "rank", "q"];
-const ENVELOPE = new Set(["seq", "ts", "type", "level", "node", "node_id", "rank"]);
+const ENVELOPE = new Set(["seq", "ts", "type", "level", "what", "node", "node_id", "rank"]);
 const form = document.getElementById("filters");
 const tail = document.getElementById("f-tail");
 let before = null; // null: the newest page
@@ -134,11 +134,12 @@ const ctl = startPage({
   },
 });
 
+/** An event's sentence ("what", from the server) with its fields behind it; without one, the fields. */
 function details(e) {
   const rest = Object.entries(e).filter(([k]) => !ENVELOPE.has(k));
   const line = rest.map(([k, v]) => `${k}=${brief(v, 80)}`).join("  ");
-  if (line.length <= 110) return line;
-  return el("details", { class: "row-detail" }, el("summary", { "data-key": `ev-${e.seq}` }, brief(line, 110)),
+  if (!e.what && line.length <= 110) return line;
+  return el("details", { class: "row-detail" }, el("summary", { "data-key": `ev-${e.seq}` }, e.what || brief(line, 110)),
     el("pre", { class: "stack" }, JSON.stringify(Object.fromEntries(rest), null, 2)));
 }
 

@@ -1,0 +1,27 @@
+"""monitor/sentences.py: the one sentence an event says, on the timeline and in the Logs."""
+
+from __future__ import annotations
+
+from monitor.api import TIMELINE
+from monitor.sentences import MAX_CHARS, SENTENCES, presented, sentence
+from torchrt.contract import EventType
+
+
+def test_a_sentence_reads_the_events_fields_by_name_rounded_and_a_missing_one_as_a_question_mark():
+    event = {"type": EventType.CHECKPOINT_COMMITTED.value, "seq": 3, "ts": 1.0, "step": 40, "mb_s": 27.123456}
+    assert sentence(event) == "checkpoint of step 40 committed (27.123 MB/s)"
+    assert sentence({"type": EventType.WORKER_STOPPED.value, "rank": 2}) == "rank 2 stopped: ?"
+    assert sentence({"type": EventType.ERROR.value, "where": "tick", "error": "x" * 1000}) == \
+        ("coordinator error in tick: " + "x" * 1000)[:MAX_CHARS]
+
+
+def test_a_type_without_a_template_has_no_sentence_and_is_presented_with_its_level_alone():
+    report = {"type": EventType.STEP_PROGRESS.value, "seq": 9, "step": 5}
+    assert sentence(report) is None and sentence({"type": "not-a-type"}) is None
+    assert presented(report) == {**report, "level": "info"}
+    dead = {"type": EventType.NODE_DEAD.value, "node": "n1", "reason": "no heartbeat for 2.5s"}
+    assert presented(dead) == {**dead, "level": "error", "what": "node n1 dead: no heartbeat for 2.5s"}
+
+
+def test_every_timeline_event_has_a_sentence():
+    assert set(TIMELINE) <= set(SENTENCES)
