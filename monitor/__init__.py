@@ -16,6 +16,8 @@ Modules, one job each:
   slider.
 * :mod:`monitor.logs`: the event log's query (filters, paging newest first) over
   ``events.jsonl``, with a bounded index.
+* :mod:`monitor.sentences`: what an event says in one sentence, and its level: the timeline's
+  labels and the Logs rows' first line (the ``what`` of an event the API or the websocket hands on).
 * :mod:`monitor.api`: the ``/api/v1`` blueprint (docs/api.md).
 * :mod:`monitor.live`: the websocket ``/api/v1/ws``. One broadcaster thread sends coalesced
   updates, at most 10 a second, each socket getting the pages it asked for.
