@@ -226,9 +226,9 @@ class Broadcaster:
     # ------------------------------------------------------------ thread
     def _on_change(self, events: list[dict[str, Any]]) -> None:
         """The source's listener (its thread): queue the events, wake the broadcaster."""
-        leveled = [presented(event) for event in events]
+        shown = [presented(event) for event in events]
         with self._lock:
-            self._on_change_locked(self._events + leveled, 0)
+            self._on_change_locked(self._events + shown, 0)
             self._wake.notify()
 
     def _on_change_locked(self, events: list[dict[str, Any]], missed: int) -> None:

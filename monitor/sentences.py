@@ -49,7 +49,6 @@ SENTENCES: dict[EventType, str] = {
     E.RUN_DIR_ERROR: "run directory not writable: {error}",
     E.SHUTDOWN: "coordinator shut down: {reason}",
 }
-_TEMPLATES = {kind.value: template for kind, template in SENTENCES.items()}
 _FORMATTER = string.Formatter()
 
 
@@ -68,7 +67,7 @@ def level_of(event_type: object) -> Level:
 
 def sentence(event: dict[str, Any]) -> str | None:
     """The event's sentence (at most MAX_CHARS), or None for a type without a template."""
-    template = _TEMPLATES.get(event.get("type"))  # type: ignore[arg-type]
+    template = SENTENCES.get(event.get("type"))  # type: ignore[call-overload]  # a str enum: the plain name finds it
     if template is None:
         return None
     fields = _Fields({k: round(v, 3) if isinstance(v, float) else v for k, v in event.items()})

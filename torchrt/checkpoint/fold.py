@@ -89,8 +89,6 @@ class CheckpointFold:
         elif kind == EventType.CHECKPOINT_RESTORED:
             self.restored.append(fields)
             self._restored(step, event)
-            self.saving.clear()  # the old generation's saves end here; the steps after this one are saved anew
-            self._floor = step if isinstance(step, int) else None
         else:
             return False
         return True
@@ -103,6 +101,7 @@ class CheckpointFold:
         self._floor = step if self._floor is None else max(self._floor, step)
 
     def _restored(self, step: Any, event: Event) -> None:
+        """A rank restored ``step``: counted (see the module docstring), and the job went back to it."""
         self.restored_ranks_total += 1
         rank, current = event.get("rank"), self._restore
         rank = rank if isinstance(rank, int) else None  # a malformed rank is no rank, not a failure of the fold
@@ -110,6 +109,8 @@ class CheckpointFold:
             self.restores_total += 1
             current = self._restore = {"step": step, "ranks": set(), "first_at": event.get("ts")}
         current["ranks"].add(rank)
+        self.saving.clear()  # the old generation's saves end here; the steps after this one are saved anew
+        self._floor = step if isinstance(step, int) else None
 
     def _saved(self, step: int, event: Event) -> None:
         if self._floor is not None and step <= self._floor:
