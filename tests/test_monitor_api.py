@@ -402,9 +402,9 @@ def test_a_request_during_a_refresh_gets_the_previous_snapshot_at_once(live, mon
     status = HeldStatus(source, monkeypatch)
     api = Api(source, token=TOKEN)
     try:
-        before = api.get("/snapshot")["snapshot"]
         source.page("workers", "workers", 0, 2)  # asked: a page the source keeps fresh
         status.hold()
+        before = source.snapshot()  # the last one in: the refresher's next status op waits at the gate
         done, answer = in_thread(lambda: api.get("/snapshot")["snapshot"])
         assert done.wait(10), "the request waited for the refresh in flight"
         assert answer[0]["written_at"] == before["written_at"]

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,33 @@ class Worker:
         self.client.connect(timeout=10)
 
 
+PARKED = """
+import sys
+from tests.test_stacks_cli import Worker
+endpoint, world_size, *ranks = sys.argv[1:]
+workers = [Worker(endpoint, int(rank), world_size=int(world_size)) for rank in ranks]
+print("ready", flush=True)
+sys.stdin.read()  # parked here until the test closes stdin
+"""
+
+
+@contextmanager
+def parked_workers(endpoint: str, ranks: list[int], world_size: int) -> Iterator[subprocess.Popen]:
+    """Worker connections in a child process whose only thread of its own, the main one, is parked
+    reading stdin, so every dump of them shows the same stacks. (In this process the test's own
+    thread is somewhere in its request while the ranks' captures run, not always at the same line.)"""
+    child = subprocess.Popen([sys.executable, "-c", PARKED, endpoint, str(world_size), *map(str, ranks)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n", "the parked workers never connected"
+        yield child
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+
+
 def operator(endpoint: str, role: Role = Role.OPERATOR, token: str | None = None) -> CoordinatorClient:
     client = CoordinatorClient(endpoint, role=role, token=token)
     client.connect(timeout=10)
@@ -148,20 +177,18 @@ def dumped(run_dir: Path, request: int) -> dict[str, Any]:
 
 
 def test_a_dump_over_the_coordinator_groups_ranks_keeps_the_file_and_records_the_event(coordinator, tmp_path):
-    workers = [Worker(coordinator.endpoint, rank, world_size=3) for rank in range(2)]
-    client = operator(coordinator.endpoint)
-    try:
-        started = time.monotonic()
-        reply = client.request(Op.DUMP_STACKS, timeout=10)
-        took = time.monotonic() - started
-    finally:
-        client.close()
-        for worker in workers:
-            worker.client.close()
+    with parked_workers(coordinator.endpoint, [0, 1], world_size=3):
+        client = operator(coordinator.endpoint)
+        try:
+            started = time.monotonic()
+            reply = client.request(Op.DUMP_STACKS, timeout=10)
+            took = time.monotonic() - started
+        finally:
+            client.close()
     assert took < STACK_DUMP_TIMEOUT_S  # rank 2 (never connected) does not hold the dump up
     ranks = reply["dump"]["ranks"]
     assert {r: e["answer"] for r, e in ranks.items()} == {"0": "answered", "1": "answered", "2": "gone"}
-    assert [g.ranks for g in group_stacks(ranks)] == [(0, 1), (2,)]  # both are this process: the same stacks
+    assert [g.ranks for g in group_stacks(ranks)] == [(0, 1), (2,)]  # one parked process: the same stacks
     assert ranks["1"]["same_as"] == 0 and "threads" not in ranks["1"]
     run_dir = tmp_path / "run"
     kept = json.loads((run_dir / reply["path"]).read_text())
