@@ -21,6 +21,7 @@ from torchrt.checkpoint._faults import FAULTS
 from torchrt.checkpoint.dcp import TorchrtStorageReader
 from torchrt.checkpoint.staging import HostBuffer
 from torchrt.checkpoint.state import flatten, iter_leaves
+from torchrt.checkpoint.throughput import mbytes_per_second
 from torchrt.telemetry import Reporter, set_reporter
 
 from tests.helpers import assert_same, snapshot
@@ -97,6 +98,9 @@ def managers():
         return m
 
     yield new
+    for gate in (FAULTS.gate, FAULTS.stage_gate):  # a test that failed with a gate shut must not hang here
+        if gate is not None:
+            gate.set()
     FAULTS.gate = FAULTS.stage_gate = None
     FAULTS.on_busy = None
     for m in made:
@@ -410,3 +414,30 @@ def test_cpu_staging_buffer_is_private_and_backed_by_huge_pages():
             assert _huge_page_kib(view.data_ptr()) >= 16 << 10
     finally:
         buffer.release()
+
+
+def test_a_small_slow_save_reports_the_throughput_it_had_not_zero(tmp_path, managers, events):
+    """A few kB written over a third of a second is ~0.01 MB/s: one decimal would have said 0.0."""
+    state = {"weights": torch.ones(64), "progress": {"step": 1}}
+    ck = managers(tmp_path)
+    FAULTS.gate = threading.Event()  # the writers wait: the write takes at least as long as the gate is shut
+    handle = ck.save(state, 1)
+    with pytest.raises(TimeoutError, match="checkpoint step 1 not finished after 0.35 s"):
+        handle.wait(0.35)
+    FAULTS.gate.set()
+    assert handle.wait(30) is SaveStatus.COMMITTED
+    saved, = events("checkpoint_saved")
+    committed, = events("checkpoint_committed")
+    restored = managers(tmp_path).load_latest({"weights": torch.zeros(64), "progress": {"step": 0}})
+    restored_ev, = events("checkpoint_restored")
+    assert restored.step == 1 and saved["write_s"] >= 0.35 and saved["bytes"] < 100_000
+    for reported, seconds in ((saved, saved["write_s"]), (committed, committed["total_s"])):
+        assert 0 < reported["mb_s"] == mbytes_per_second(reported["bytes"], seconds)
+    assert restored_ev["mb_s"] > 0
+
+
+def test_throughput_keeps_three_significant_figures():
+    assert mbytes_per_second(2_130, 0.1) == 0.0213
+    assert mbytes_per_second(123_456_789, 1.0) == 123.0
+    assert mbytes_per_second(0, 1.0) == 0.0
+    assert mbytes_per_second(5_000_000, 0.0) > 0  # a write too fast for the clock still reports a rate

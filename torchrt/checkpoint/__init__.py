@@ -22,7 +22,8 @@ Modules, one job each: :mod:`~.state` (what a checkpoint holds),
 talking through the store), :mod:`~.manifest` (the on-disk format),
 :mod:`~.commit` (atomic commit and retention), :mod:`~.reader` (verified
 reads), :mod:`~.restore` (restore with fallback), :mod:`~.dcp` (a ``torch.distributed.checkpoint``
-StorageReader), :mod:`~.manager` (the API), :mod:`~.spec` (YAML section).
+StorageReader), :mod:`~.manager` (the API), :mod:`~.spec` (YAML section),
+:mod:`~.throughput` (the MB/s figure events report).
 See docs/checkpoint.md.
 """
 

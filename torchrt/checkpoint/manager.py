@@ -73,6 +73,7 @@ from torchrt.checkpoint.manifest import RankRecord, replicated_digest
 from torchrt.checkpoint.restore import PerRankOnResize, RestoreResult, restore_latest
 from torchrt.checkpoint.spec import CheckpointSpec, OnError, WhenBusy
 from torchrt.checkpoint.staging import BufferKind, HostBuffer, Staging
+from torchrt.checkpoint.throughput import mbytes_per_second
 from torchrt.checkpoint.state import FlatState, ShardRef, TensorRef, dumps_tree, flatten, iter_leaves
 from torchrt.checkpoint.writer import WriterPool
 from torchrt.contract import EventType
@@ -497,7 +498,7 @@ class CheckpointManager:
         nbytes = sum(w.size for w in written)
         handle.write_s, handle.bytes = write_s, nbytes
         stats = {"bytes": nbytes, "stall_s": round(handle.stall_s, 6), "stage_s": round(handle.stage_s or 0, 6),
-                 "write_s": round(write_s, 6), "mb_s": round(nbytes / max(write_s, 1e-9) / 1e6, 1),
+                 "write_s": round(write_s, 6), "mb_s": mbytes_per_second(nbytes, write_s),
                  "queued_s": round((job.record or {}).get("queued_s", 0.0), 6), "files": len(written),
                  "staging": self._buffer.kind, "checksum": CRC32_IMPL}
         record = RankRecord(rank=self.rank, tree=tree_name, data_files=list(layout.files),
@@ -584,7 +585,7 @@ class CheckpointManager:
             deleted = []
         self._emit(EventType.CHECKPOINT_COMMITTED, step=step, path=str(outcome.path), bytes=outcome.bytes,
                    total_s=round(total_s, 6), commit_s=round(commit_s, 6),
-                   mb_s=round(outcome.bytes / max(total_s, 1e-9) / 1e6, 1), deleted=deleted,
+                   mb_s=mbytes_per_second(outcome.bytes, total_s), deleted=deleted,
                    ranks=[{"rank": r["rank"], **{k: r["stats"][k] for k in ("bytes", "stall_s", "write_s", "mb_s")}}
                           for r in records])
         self._resolve(handle, {"status": "committed"}, own)

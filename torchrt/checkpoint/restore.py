@@ -41,6 +41,7 @@ from torchrt.checkpoint.manifest import step_dir_name
 from torchrt.checkpoint.reader import CheckpointReader
 from torchrt.checkpoint.dcp import load_through_planner
 from torchrt.checkpoint.state import ShardRef, apply, holds_dtensor, materialize, refs
+from torchrt.checkpoint.throughput import mbytes_per_second
 from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
 from torchrt.telemetry.steps import note_restored
@@ -165,7 +166,7 @@ def restore_latest(root: Path, state: dict[str, Any], group: CheckpointGroup, *,
             note_restored(step)  # torchrt.step numbers go on from here
             reporter.emit(EventType.CHECKPOINT_RESTORED, step=step, rank=group.rank, world_size=group.world_size,
                           saved_world_size=reader.manifest.world_size, bytes=reader.bytes_read,
-                          read_s=round(read_s, 4), mb_s=round(reader.bytes_read / max(read_s, 1e-9) / 1e6, 1),
+                          read_s=round(read_s, 4), mb_s=mbytes_per_second(reader.bytes_read, read_s),
                           skipped=skipped, per_rank_skipped=per_rank_skipped, path=str(step_dir))
             logger.info("checkpoint: restored step %d from %s (%.1f MB in %.2f s)", step, step_dir,
                         reader.bytes_read / 1e6, read_s)
