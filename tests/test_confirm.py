@@ -73,7 +73,7 @@ def test_handlers_do_not_start_a_round_whose_participant_never_confirms(tmp_path
     """A participant that stays connected (heartbeats are not due for a minute) but never
     confirms is declared dead after the confirmation timeout; within the same
     ``next_rendezvous()`` call the real node gets the next round, without the silent one."""
-    coordinator = Coordinator(CoordinatorConfig(run_dir=tmp_path / "run", port=0, confirm_timeout_s=1.0))
+    coordinator = Coordinator(CoordinatorConfig(run_dir=tmp_path / "run", port=0, confirm_timeout_s=3.0))
     coordinator.start()
     silent = raw_join(coordinator.endpoint, "silent", "job", (1, 2),
                       last_call_timeout=30, heartbeat_timeout=60)
@@ -85,7 +85,7 @@ def test_handlers_do_not_start_a_round_whose_participant_never_confirms(tmp_path
         assert [r["participants"] for r in rounds] == [["silent", handler.node_id], [handler.node_id]]
         dead = events(tmp_path / "run", "node_dead")
         assert [e["node"] for e in dead] == ["silent"]
-        assert "did not confirm round 1 within 1s" in dead[0]["reason"]
+        assert "did not confirm round 1 within 3s" in dead[0]["reason"]
     finally:
         handler.shutdown()
         silent.close()

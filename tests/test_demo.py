@@ -78,6 +78,7 @@ def watch_live(log: Path, proc: subprocess.Popen[bytes]) -> dict:
     assert isinstance(base, str), log.read_text()[-4000:]
 
     def seen() -> dict | None:
+        assert proc.poll() is None, "the demo ended before its monitor showed the job:\n" + log.read_text()[-4000:]
         status, body = http_get(f"{base}/api/v1/datasets/digits/previews")
         if status == 404:  # no dataset 'digits' until the workers registered it
             return None

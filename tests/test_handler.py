@@ -78,8 +78,8 @@ def test_scale_up_is_announced_and_next_round_includes_newcomer(coordinator):
 
 def test_silent_node_is_declared_dead_and_survivor_told_to_reform(tmp_path):
     port = free_port()
-    survivor = handler(f"127.0.0.1:{port}", 1, 2, is_host="true", heartbeat_timeout="0.6",
-                       heartbeat_interval="0.1", last_call_timeout="5", run_dir=str(tmp_path))
+    survivor = handler(f"127.0.0.1:{port}", 1, 2, is_host="true", heartbeat_timeout="2.0",
+                       heartbeat_interval="0.2", last_call_timeout="5", run_dir=str(tmp_path))
     silent = CoordinatorClient(f"127.0.0.1:{port}", role="node", run_id="job", hello={
         "node_id": "silent", "info": {"addr": "127.0.0.1"}, "job": {"min_nodes": 1, "max_nodes": 2}})
     results = {}
@@ -89,7 +89,8 @@ def test_silent_node_is_declared_dead_and_survivor_told_to_reform(tmp_path):
     silent.connect(timeout=5)  # no heartbeat_interval: this node will go quiet
     reply = silent.request("join", master_port=1, timeout=10)
     assert reply["world_size"] == 2
-    t.join(10)
+    t.join(60)
+    assert not t.is_alive(), "the survivor's rendezvous did not end"
     # The round with the silent node never starts (it does not confirm it); the survivor's same
     # call ends in the next round, once the silent node was declared dead.
     assert results["s"].world_size == 1 and survivor.round["round"] == 2

@@ -190,7 +190,9 @@ def test_a_slow_rank_is_flagged_as_a_straggler_and_clears_when_it_speeds_up(tmp_
     run_dir = tmp_path / "run"
     try:
         [alert] = wait_until(lambda: events(run_dir, EventType.RANK_STRAGGLING), JOB_S, "rank 1 flagged")
-        assert alert["rank"] == 1 and 2.5 < alert["ratio"] < 6 and alert["reports"] == 5, alert
+        # 80 ms against 20 ms is 4; a loaded box's overhead on every step pulls the ratio toward 1,
+        # and anything at or below the threshold (1.5) is no straggler
+        assert alert["rank"] == 1 and 1.5 < alert["ratio"] < 6 and alert["reports"] == 5, alert
         row = rows(coordinator, "workers", "workers")[1]
         assert row["alerts"][EventType.RANK_STRAGGLING]["ratio"] == alert["ratio"]
         assert f"rank_straggling x{alert['ratio']}" in render_status(fetch_status(coordinator.endpoint))

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from werkzeug.test import Client
 
-from monitor.app import MonitorOptions, close_app, create_app
+from monitor.app import MonitorOptions, RequestRate, close_app, create_app
 from monitor.fastpath import SnapshotFastPath
 from monitor.logs import EventIndex, EventQuery
 from monitor.live_source import CACHE_S, LiveSource
@@ -192,7 +192,10 @@ def test_the_snapshot_fast_path_answers_as_the_flask_route_does_and_leaves_the_r
     assert to_flask == []  # answered in front of Flask
     by_flask = flask_alone.get(API + "/snapshot")
     assert served.status_code == by_flask.status_code == 200
-    assert dict(served.headers) == dict(by_flask.headers)
+    for answer in (served, by_flask):  # the lengths may differ: the requests/s series can roll over a second between
+        assert answer.headers["Content-Length"] == str(len(answer.data))
+    assert ({k: v for k, v in served.headers.items() if k != "Content-Length"}
+            == {k: v for k, v in by_flask.headers.items() if k != "Content-Length"})
     assert served.headers["Cache-Control"] == "no-store" and "frame-ancestors 'none'" in served.headers[
         "Content-Security-Policy"]
     assert _without_monitor_series(served.get_json()) == _without_monitor_series(by_flask.get_json())
@@ -309,7 +312,8 @@ def test_a_thousand_api_requests_a_second_cost_the_coordinator_about_ten_status_
     ops = []
     real = coordinator._op_status
     monkeypatch.setattr(coordinator, "_op_status", lambda *a: ops.append(time.monotonic()) or real(*a))
-    stop = time.monotonic() + 2.0
+    started = time.monotonic()
+    stop = started + 2.0
     answered = []
 
     def hammer() -> None:
@@ -323,7 +327,8 @@ def test_a_thousand_api_requests_a_second_cost_the_coordinator_about_ten_status_
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(answered) > 100 and len(ops) <= 2.0 * 10 + 2, (len(answered), len(ops))
+    elapsed = time.monotonic() - started  # past the 2 s by the last requests' time
+    assert len(answered) > 100 and len(ops) <= elapsed * 10 + 2, (len(answered), len(ops), elapsed)
 
 
 class HeldStatus:
@@ -444,11 +449,12 @@ def test_the_snapshot_answer_is_encoded_once_per_refresh_not_per_request(live, m
     encodes = []
     real = api.app.json.dumps
     monkeypatch.setattr(api.app.json, "dumps", lambda *a, **k: encodes.append(1) or real(*a, **k))
+    # the monitor's own requests/s changes once a second, and with it the answer: held still here
+    monkeypatch.setattr(RequestRate, "last", lambda _self: [1.0, 50.0])
     try:
         status.hold()  # no refresh lands: the snapshot stays the same object
         texts = {api.text("/snapshot") for _ in range(50)}
-        # the monitor's own requests/s in it changes once a second: a new snapshot object then
-        assert len(encodes) <= 3 and len(texts) == len(encodes), (len(encodes), len(texts))
+        assert len(encodes) == 1 and len(texts) == 1, (len(encodes), len(texts))
     finally:
         status.release()
         api.close()

@@ -147,15 +147,31 @@ def functions(thread: dict[str, Any]) -> list[str]:
     return [f["function"] for f in thread["frames"]]
 
 
+def dumps_until_at(worker: Worker, function: str,
+                   lines: tuple[str, ...] | None = None) -> list[tuple[float, dict[str, Any]]]:
+    """Dumps of ``worker`` until its main thread is in ``function`` (on one of ``lines``, if given):
+    "ready" is printed just before the worker gets there, so a first dump may find it on the way."""
+    worker.wait_ready()
+    dumps: list[tuple[float, dict[str, Any]]] = []
+
+    def there() -> bool:
+        dumps.append(worker.coordinator.dump())
+        innermost = main_thread(dumps[-1][1])["frames"][-1]
+        return innermost["function"] == function and (lines is None or innermost["code"] in lines)
+
+    wait_until(there, timeout=30, what=f"the {worker.case} worker in {function}", interval=0.05)
+    return dumps
+
+
 @pytest.mark.parametrize("case, function, code", [
     ("loop", "spin", "x += 1"),
     ("sleep", "nap", "time.sleep(600)"),
 ])
 def test_a_worker_stuck_in_python_answers_within_two_seconds_naming_its_function(workers, case, function, code):
     worker = workers[case]
-    worker.wait_ready()
-    took, answer = worker.coordinator.dump()
-    assert took < STACK_DUMP_TIMEOUT_S, f"{case}: answered after {took:.2f}s"
+    dumps = dumps_until_at(worker, function, (code, "while True:"))
+    assert max(took for took, _ in dumps) < STACK_DUMP_TIMEOUT_S, [round(t, 3) for t, _ in dumps]
+    answer = dumps[-1][1]
     thread = main_thread(answer)
     innermost = thread["frames"][-1]
     assert innermost["function"] == function, functions(thread)
@@ -173,14 +189,7 @@ def test_a_worker_stuck_in_python_answers_within_two_seconds_naming_its_function
 def test_a_worker_blocked_in_gloo_all_reduce_answers_within_two_seconds_with_the_pending_collective(workers):
     worker = workers["gloo"]
     workers["peer"].wait_ready()
-    worker.wait_ready()
-    dumps: list[tuple[float, dict[str, Any]]] = []
-
-    def in_all_reduce() -> bool:  # "ready" is printed just before the call: the first dump may precede it
-        dumps.append(worker.coordinator.dump())
-        return functions(main_thread(dumps[-1][1]))[-1] == "all_reduce"
-
-    wait_until(in_all_reduce, timeout=30, what="rank 0 blocked in all_reduce", interval=0.05)
+    dumps = dumps_until_at(worker, "all_reduce")
     assert max(took for took, _ in dumps) < STACK_DUMP_TIMEOUT_S, [round(t, 3) for t, _ in dumps]
     answer = dumps[-1][1]
     assert "reduce" in functions(main_thread(answer))
@@ -193,9 +202,10 @@ def test_a_worker_blocked_in_gloo_all_reduce_answers_within_two_seconds_with_the
 
 def test_ranks_with_the_same_stacks_are_grouped_largest_first(workers):
     ranks: dict[str, Any] = {}
+    at = {"sleep": ("nap", ("time.sleep(600)",)), "loop": ("spin", ("x += 1", "while True:")),
+          "sleep2": ("nap", ("time.sleep(600)",)), "peer": ("main", ("sys.stdin.read()",))}
     for rank, name in enumerate(("sleep", "loop", "sleep2", "peer")):
-        workers[name].wait_ready()
-        took, answer = workers[name].coordinator.dump()
+        took, answer = dumps_until_at(workers[name], *at[name])[-1]
         ranks[str(rank)] = {**answer, "answer": StackAnswer.ANSWERED.value, "after_s": took}
     ranks["4"] = {"answer": StackAnswer.GONE.value}
     ranks["5"] = {"answer": StackAnswer.NO_ANSWER.value}

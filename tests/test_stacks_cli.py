@@ -209,7 +209,9 @@ def test_a_gone_rank_is_answered_at_once_and_a_silent_one_at_the_timeout(coordin
     try:
         started = time.monotonic()
         reply = client.request(Op.DUMP_STACKS, rank=1, timeout=10)
-        assert time.monotonic() - started < 0.5 and reply["dump"]["ranks"] == {"1": {"answer": "gone", "after_s": 0.0}}
+        # at once: not after the dump's timeout (what a silent rank costs)
+        assert time.monotonic() - started < STACK_DUMP_TIMEOUT_S
+        assert reply["dump"]["ranks"] == {"1": {"answer": "gone", "after_s": 0.0}}
         assert silent.pushes == []  # a dump of rank 1 asks nobody else
         started = time.monotonic()
         reply = client.request(Op.DUMP_STACKS, rank=0, timeout_s=0.3, timeout=10)
@@ -363,7 +365,7 @@ def test_torchrt_stacks_of_a_real_job_names_where_each_rank_is_stuck_within_two_
         wait_until(lambda: any(e["rank"] == 3 for e in events(run_dir, EventType.WORKER_STOPPED)), 30, "rank 3 gone")
         started = time.monotonic()
         gone = client.request(Op.DUMP_STACKS, rank=3, timeout=10)["dump"]["ranks"]
-        assert time.monotonic() - started < 0.5 and gone["3"]["answer"] == "gone"
+        assert time.monotonic() - started < STACK_DUMP_TIMEOUT_S and gone["3"] == {"answer": "gone", "after_s": 0.0}
         result = torchrt("stacks", "--endpoint", coordinator.endpoint, "--rank", "3")
         assert result.returncode == 1 and "== rank 3 (1 of 1): gone" in result.stdout
     finally:
