@@ -11,7 +11,8 @@ failure while running (no coordinator answers, the port is taken) exits 1.
 drains (closes the rendezvous and waits for the job's nodes and workers to
 go, then stops; a second Ctrl-C stops at once); with ``--owner-pid`` it
 drains when that process exits, which is how ``torchrt run`` ties the
-coordinator it starts to itself. Unless ``--no-monitor``, it also starts the job's monitor
+coordinator it starts to itself, or when that owner writes ``ended REASON`` on its
+stdin (:mod:`launch.owner`: the job ended normally, recorded as the reason). Unless ``--no-monitor``, it also starts the job's monitor
 (:mod:`launch.monitor`, a process of its own) and prints its URL, which ``coordinator.json``
 records too; a monitor that fails never stops the coordinator.
 """
@@ -121,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_coordinator(args: argparse.Namespace) -> int:
-    from launch.owner import watch_owner
+    from launch.owner import listen_for_end, watch_owner
     from torchrt.contract import Env
     from torchrt.coordinator import Coordinator, CoordinatorConfig
     from torchrt.coordinator.run_dir import ensure_writable
@@ -166,6 +167,7 @@ def _cmd_coordinator(args: argparse.Namespace) -> int:
           f"(store port {coordinator.store_port}, run dir {run_dir})", flush=True)
     if args.owner_pid is not None:
         watch_owner(args.owner_pid, lambda: coordinator.drain(f"its owner (pid {args.owner_pid}) exited"))
+        listen_for_end(sys.stdin, coordinator.drain)
     monitor = _start_monitor(coordinator, token, run_dir) if wants_monitor(args) else None
     demo = start_demo_if_asked(coordinator.endpoint, run_dir, args.run_id)
     coordinator.wait()
@@ -277,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve only this run id (default: the first node's)")
     _add_token_options(coord, "shared secret nodes must present")
     coord.add_argument("--owner-pid", type=_pid, default=None, metavar="PID",
-                       help="drain and exit when this process exits (what `torchrt run` uses)")
+                       help="drain and exit when this process exits or writes 'ended REASON' on stdin "
+                            "(what `torchrt run` uses)")
     _add_no_monitor(coord)
     coord.set_defaults(func=_cmd_coordinator)
 

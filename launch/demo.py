@@ -9,7 +9,8 @@
    configs/demo.yaml`` (:func:`launch.runner.run_config`) that never hosts a coordinator, with the
    run's own checkpoint directory, so that a second demo does not resume the first;
 4. waits for the job. ``--once``: stops everything and exits with the job's exit status (the
-   first node's non-zero status, else 0). Otherwise the coordinator and the monitor stay up, to
+   first node's non-zero status, else 0); the coordinator is told that the demo ended
+   (:func:`launch.owner.tell_ended`), so its record's ``shutdown`` says so. Otherwise the coordinator and the monitor stay up, to
    look at the finished run, until Ctrl-C.
 
 The coordinator runs apart from the nodes, so stopping a node (``demo.faults.stop_node``) never
@@ -41,6 +42,7 @@ from types import FrameType
 
 import psutil
 
+from launch.owner import tell_ended
 from torchrt.config import ConfigError, load_config
 from torchrt.contract import DEFAULT_PORT, Env
 
@@ -119,16 +121,18 @@ def start_demo_if_asked(endpoint: str, run_dir: Path, run_id: str | None) -> Dem
     return start_demo_job(endpoint, run_dir, run_id or "demo")
 
 
-def stop_tree(pids: Sequence[int], sig: signal.Signals, timeout: float,
+def stop_tree(pids: Sequence[int], sig: signal.Signals | None, timeout: float,
               hurry: threading.Event | None = None) -> None:
-    """Send ``sig`` to the processes ``pids``; SIGKILL what is left of them and of every process
-    under them (as they were when this was called) after ``timeout`` or once ``hurry`` is set."""
+    """Send ``sig`` to the processes ``pids`` (None: they were told to stop otherwise); SIGKILL what
+    is left of them and of every process under them (as they were when this was called) after
+    ``timeout`` or once ``hurry`` is set."""
     tree: list[psutil.Process] = []
     for pid in pids:
         try:
             root = psutil.Process(pid)
             tree += [root, *root.children(recursive=True)]
-            root.send_signal(sig)
+            if sig is not None:
+                root.send_signal(sig)
         except psutil.Error:
             pass
     _, alive = psutil.wait_procs(tree, timeout=0)
@@ -170,13 +174,14 @@ def _run(args: argparse.Namespace) -> int:
     coordinator: subprocess.Popen[bytes] | None = None
     job: DemoJob | None = None
     code = 1
+    ended = False  # --once and the job ended by itself: the coordinator is told so, not interrupted
     try:
         print(f"demo: {NODES} nodes x the workers of {Path(args.config).name} on {endpoint}, run dir {run_dir}",
               flush=True)
         coordinator = subprocess.Popen(
             [sys.executable, "-m", "launch.cli", "coordinator", "--bind", endpoint, "--run-dir", str(run_dir),
              "--run-id", run_id, "--owner-pid", str(os.getpid()), "--monitor" if args.monitor else "--no-monitor"],
-            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, start_new_session=True)
+            cwd=REPO_ROOT, stdin=subprocess.PIPE, start_new_session=True)
         if not _wait_for_coordinator(endpoint, coordinator):
             print(f"torchrt: the demo's coordinator at {endpoint} did not start (is the port taken? "
                   "try --port)", file=sys.stderr)
@@ -187,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
         if not args.once:
             print("demo: the coordinator and the monitor stay up: Ctrl-C to stop", flush=True)
             coordinator.wait()
+        ended = True
         return code
     except _Stop as stop:
         print(f"demo: {stop}: stopping every process of the demo", file=sys.stderr, flush=True)
@@ -196,7 +202,9 @@ def _run(args: argparse.Namespace) -> int:
         if job is not None:
             job.stop(hurry=hurry)
         if coordinator is not None:
-            stop_tree([coordinator.pid], signal.SIGINT, STOP_TIMEOUT_S, hurry)  # SIGINT: drain
+            told = ended and tell_ended(coordinator, f"the demo ended: training finished with exit status {code}")
+            # told: it drains with that reason by itself; else SIGINT: drain, as "interrupted"
+            stop_tree([coordinator.pid], None if told else signal.SIGINT, STOP_TIMEOUT_S, hurry)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -6,7 +6,9 @@ anything starts); make sure a coordinator answers at ``rendezvous.endpoint``
 checking that its run directory can be written, exit 2 if not; or leave it to
 the torchrun handler's connect retries when the endpoint is remote); run
 torchrun with the torchrt rendezvous backend; stop the coordinator this runner
-started; return torchrun's exit status. The coordinator it starts also starts the
+started (telling it first that the job ended, and with what status, so that its
+record's ``shutdown`` says so: :func:`launch.owner.tell_ended`); return torchrun's
+exit status. The coordinator it starts also starts the
 job's monitor (unless ``monitor=False``, ``--no-monitor``); the runner prints the
 monitor's URL once ``coordinator.json`` has it.
 
@@ -39,6 +41,7 @@ from types import FrameType
 
 import psutil
 
+from launch.owner import tell_ended
 from torchrt.config import ConfigError, JobConfig, config_environment, load_config
 from torchrt.contract import Env
 from torchrt.coordinator.client import ping
@@ -122,6 +125,7 @@ def run_config(path: str, overrides: Sequence[str] = (), monitor: bool = True) -
         return 2
     coordinator: subprocess.Popen[bytes] | None = None
     stopper: _SignalStop | None = None
+    status: int | None = None
     try:
         try:
             found, coordinator = _ensure_coordinator(config, monitor)
@@ -134,11 +138,15 @@ def run_config(path: str, overrides: Sequence[str] = (), monitor: bool = True) -
         stopper = _SignalStop(coordinator)
         if coordinator is not None and monitor:
             _announce_monitor(Path(config.job.run_dir) / COORDINATOR_FILE, coordinator)
-        return _run_torchrun(config, overrides, is_host=False if found else config.rendezvous.is_host,
-                             stopper=stopper)
+        status = _run_torchrun(config, overrides, is_host=False if found else config.rendezvous.is_host,
+                               stopper=stopper)
+        return status
     finally:
         if coordinator is not None:
-            _stop(coordinator, draining=stopper is not None and stopper.signals > 0)
+            draining = stopper is not None and stopper.signals > 0
+            if not draining and status is not None:  # the job ended by itself: the record says so
+                draining = tell_ended(coordinator, f"the job ended: torchrun exited with status {status}")
+            _stop(coordinator, draining=draining)
 
 
 class _StartError(RuntimeError):
@@ -194,7 +202,7 @@ def _ensure_coordinator(config: JobConfig, monitor: bool) -> tuple[bool, subproc
     argv = coordinator_argv(config, owner_pid=os.getpid(), monitor=monitor)
     logger.info("starting a coordinator: %s (log: %s)", " ".join(argv), log_path)
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=log, stderr=log,
                                 start_new_session=True)
     deadline = time.monotonic() + COORDINATOR_START_TIMEOUT
     try:

@@ -155,8 +155,11 @@ def test_run_executes_a_config_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = sorted(json.loads(p.read_text())["rank"] for p in results.glob("rank*.json"))
     assert ranks == [0, 1]
-    kinds = [e["type"] for e in events(run_dir)]
+    record = events(run_dir)
+    kinds = [e["type"] for e in record]
     assert kinds[0] == "coordinator_started" and kinds[-1] == "shutdown" and "round_completed" in kinds
+    # the coordinator was told the job had ended: its shutdown is not recorded as a SIGTERM
+    assert record[-1]["reason"] == "the job ended: torchrun exited with status 0"
     assert not Path(run_dir, "coordinator.log").read_text().count("Traceback")
 
 

@@ -112,6 +112,8 @@ def test_killed_worker_restarts_resumes_and_every_sample_is_trained_on_once(tmp_
     output = log.read_text()
     assert output.count("demo fault: rank 3") == 1, "the fault fires once per job, not after the restart"
     assert "training finished with exit status 0" in output
+    # --once: the record ends with the demo's end, not with the signal that stopped its coordinator
+    assert events(run_dir, "shutdown")[-1]["reason"] == "the demo ended: training finished with exit status 0"
 
     kinds = [e["type"] for e in events(run_dir)]
     assert len({e["node"] for e in events(run_dir, "node_joined")}) == 2

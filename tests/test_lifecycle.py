@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from tests.agents import REPO, Agent
+from launch.owner import tell_ended
 from tests.helpers import events, free_port, node_client, wait_until
 from torchrt.contract import EventType, Role
 from torchrt.coordinator import Coordinator, CoordinatorConfig
@@ -213,6 +214,37 @@ def test_owner_pid_ties_a_coordinator_to_its_owner_and_only_then(tmp_path: Path)
             proc.wait()
     shutdown = events(tmp_path / "owned", EventType.SHUTDOWN)
     assert len(shutdown) == 1 and shutdown[0]["reason"] == f"its owner (pid {owner.pid}) exited"
+
+
+def test_an_owner_that_says_the_job_ended_is_recorded_as_the_reason_and_only_an_owner_is_heard(
+        tmp_path: Path) -> None:
+    """``ended REASON`` on the stdin of a coordinator with --owner-pid: it drains with that reason
+    (one line, capped); other lines are not its owner's word, and without --owner-pid stdin is
+    not read at all."""
+    def coordinator(name: str, *owner: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([*TORCHRT, "coordinator", "--bind", f"127.0.0.1:{free_port()}", "--run-dir",
+                                 str(tmp_path / name), *owner, "--no-monitor"], cwd=REPO,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert b"listening on" in proc.stdout.readline()
+        return proc
+
+    owned = coordinator("owned", "--owner-pid", str(os.getpid()))
+    standalone = coordinator("standalone")
+    try:
+        owned.stdin.write(b"not a word of the owner's\n")
+        owned.stdin.flush()
+        assert tell_ended(owned, "the job ended:\n torchrun exited " + "x" * 500)
+        assert owned.wait(15) == 0
+        assert tell_ended(standalone, "the job ended: torchrun exited with status 0")
+        with pytest.raises(subprocess.TimeoutExpired):
+            standalone.wait(1.0)  # it stays up: nobody owns it
+        assert events(tmp_path / "standalone", EventType.SHUTDOWN) == []
+    finally:
+        for proc in (owned, standalone):
+            proc.kill()
+            proc.wait()
+    [shutdown] = events(tmp_path / "owned", EventType.SHUTDOWN)
+    assert shutdown["reason"] == ("the job ended: torchrun exited " + "x" * 500)[:200]
 
 
 # ------------------------------------------------------------- restart on the same run directory
