@@ -174,7 +174,7 @@ def test_a_step_report_moves_the_dataset_forward_between_progress_reports():
                        "position": 900}) is False  # nor a rank that did not register it
     assert fold.apply({"type": EventType.STEP, "rank": 0, "step": 32}) is False  # a report with no data
     assert set(fold.view) == {"d"} and fold.view["d"]["position"] == 300
-    assert fold.snapshot()["d"]["samples_in_epoch"] == 50  # counts still come from data_progress
+    assert fold.snapshot()["d"]["samples_in_epoch"] == 50  # these reports carried no count
 
 
 def test_the_summary_names_the_rank_that_waits_longest_for_its_data():

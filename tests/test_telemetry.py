@@ -22,6 +22,9 @@ from torchrt.contract import EventType, Op, Role
 from torchrt.coordinator import CoordinatorClient
 from torchrt.data import DataConfigError, ShardedPipeline
 from torchrt.errors import CoordinatorUnavailableError
+from torchrt.data.events import RegistryFold
+from torchrt.data.registry import build_pipeline
+from torchrt.data.spec import DataSpec
 from torchrt.data.sources import ArraySource
 from torchrt.telemetry import Reporter, coordinator_reporter
 from torchrt.telemetry import steps as steps_module
@@ -62,7 +65,7 @@ def test_reports_are_logged_every_ten_seconds_on_an_epoch_change_and_as_the_last
     for second in range(25):
         for _ in range(4):
             m.step(samples=1)
-            m.note_data("digits", 1 if second >= 22 else 0, second * 4, 0.0)
+            m.note_data("digits", 1 if second >= 22 else 0, second * 4, 0.0, samples=second * 4, session="s")
             clock.now += 0.25
         kinds.append(m.window()[0]["type"])
     logged = [i for i, kind in enumerate(kinds) if kind == EventType.STEP_PROGRESS]
@@ -242,6 +245,32 @@ def test_a_wait_the_loop_notes_on_a_dataset_counts_in_its_timing_as_in_the_step_
     assert (timing["dataset"], timing["batches"]) == ("late", 4) and 0.2 <= timing["wait_s"] < 0.24
     with pytest.raises(DataConfigError, match=r"dataset 'late'.*a wait cannot be negative, got -1"):
         pipeline.note_wait(-1)
+
+
+def test_the_step_report_carries_the_ranks_count_so_consumed_keeps_up_with_the_position(recorder):
+    # The Datasets page read "consumed this epoch 928" beside "position 1,248": the position moved
+    # with each step report (every second), the count only with data_progress (every 5 s).
+    steps_module._meter.window(final=True)
+    spec = DataSpec(name="counted", kind="synthetic", options={"size": 80, "shape": [1]}, batch_size=8, workers=0,
+                    shuffle=False, preview_interval=None, report_interval=5.0)
+    pipeline = build_pipeline(spec, 0, 1, clock=ManualClock())  # its clock stands still: no data_progress
+    batches = iter(pipeline)
+    for _ in range(3):
+        next(batches)
+        torchrt.step(samples=8)
+    [report] = steps_module._meter.window()
+    assert (report["dataset"], report["position"], report["data_samples"]) == ("counted", 24, 24)
+    assert recorder.of(EventType.DATA_PROGRESS) == []  # the step report alone counts
+    fold = RegistryFold()
+    for event in [*recorder.events, {**report, "rank": 0}]:  # the coordinator stamps the rank on a report
+        fold.apply(event)
+    summary = fold.snapshot()["counted"]
+    assert (summary["position"], summary["samples_in_epoch"]) == (24, 24)
+    late = {"type": EventType.DATA_PROGRESS, "dataset": "counted", "rank": 0, "epoch": 0, "position": 8,
+            "samples": 8, "session": report["data_session"]}
+    fold.apply(late)  # a progress report from before that step report, folded after it
+    assert fold.snapshot()["counted"]["samples_in_epoch"] == 24
+    pipeline.close()
 
 
 def test_a_checkpoint_save_hands_its_stall_to_the_step_report(tmp_path, recorder):

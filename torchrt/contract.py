@@ -358,7 +358,9 @@ _STEP = {"step": "the rank's last step number", "steps": "steps in the window", 
          "torchrt.barrier wait per step", "checkpoint_ms": "mean checkpoint stall per step", "samples": "samples in "
          "the window", "samples_per_s": "samples / window_s", "loss": "last loss", "scalars": "last value of each "
          "user scalar", "epoch": "data epoch (torchrt.data)", "position": "global position in the epoch",
-         "dataset": "the pipeline that fed the last step"}
+         "dataset": "the pipeline that fed the last step", "data_samples": "real samples that pipeline gave this "
+         "rank in the epoch (as data_progress's samples)", "data_session": "that pipeline's session (as "
+         "data_progress's)"}
 # The fields of a node's sample (torchrt.telemetry.node): the node, and each of its worker processes.
 _NODE = {"node_id": "the node (stamped)", "cpu_percent": "node CPU, % of all cores", "cpus": "logical cores",
          "mem_percent": "node memory used", "mem_used": "bytes", "mem_total": "bytes", "disk_read_bps": "bytes/s",

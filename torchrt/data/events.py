@@ -14,8 +14,10 @@ documented in ``docs/data.md``):
 ``data_preview``        a sample rendering (see :mod:`torchrt.data.preview`)
 
 A rank's step report (``step`` live, ``step_progress`` logged: :mod:`torchrt.telemetry.steps`) also
-says where its data is; the fold moves a registered dataset's position with it, so the job's place
-in the epoch is as fresh as the ranks' own (``data_progress`` comes every 5 s).
+says where its data is and how many samples the rank has had of the epoch; the fold moves a
+registered dataset's position and the rank's count with it, so the job's place in the epoch and
+what it consumed are as fresh as the ranks' own (``data_progress`` comes every 5 s), and the
+two agree.
 
 :func:`registry_view` folds these events (as the coordinator records them) into
 one record per dataset; it imports nothing heavy so the coordinator can use it.
@@ -87,8 +89,8 @@ class DataEvents:
              read_s: float, map_s: float, wait_s: float) -> None:
         """Account one delivered batch (and hand epoch, position and wait to the step report,
         :func:`torchrt.telemetry.steps.note_data`); emit progress and timing when the window is over."""
-        note_data(self.dataset, epoch, position, wait_s)
         self._epoch_samples[epoch] = self._epoch_samples.get(epoch, 0) + real
+        note_data(self.dataset, epoch, position, wait_s, samples=self._epoch_samples[epoch], session=self.session)
         self._epoch_padded[epoch] = self._epoch_padded.get(epoch, 0) + padded
         self._batches += 1
         self._samples += real
@@ -168,7 +170,7 @@ class RegistryFold:
             return self._step_report(event)
         if not isinstance(name, str) or kind not in DATA_EVENTS:
             return False
-        view, counted = self.view, self._counted
+        view = self.view
         record = view.setdefault(name, {"name": name, "ranks": {}, "epoch": 0, "position": 0, "resumes": [],
                                         "timing": {}, "preview": {}})
         rank = event.get("rank")
@@ -188,12 +190,7 @@ class RegistryFold:
             ranks["assignment"] = event.get("assignment", ranks["assignment"])
             _advance(record, ranks, event, rewind=True)
         elif kind == DATA_PROGRESS:
-            epoch, samples, session = event.get("epoch"), event.get("samples"), str(event.get("session"))
-            if isinstance(epoch, int) and isinstance(samples, int):
-                key = (name, rank, session, epoch)
-                delta = samples - counted.get(key, 0)
-                counted[key] = samples
-                ranks["samples"][epoch] = ranks["samples"].get(epoch, 0) + delta
+            self._count(name, rank, ranks, event.get("epoch"), event.get("samples"), event.get("session"))
             _advance(record, ranks, event)
         elif kind == DATA_TIMING:
             record["timing"][rank] = {k: v for k, v in event.items() if k not in ("type", "dataset", "rank")}
@@ -205,12 +202,27 @@ class RegistryFold:
         """A rank's step report says where its data is (about every second live, against
         ``data_progress`` every 5 s): it moves the position of a dataset that rank registered, so
         the job's place in the epoch keeps up with the ranks' own."""
-        record = self.view.get(event.get("dataset"))
-        ranks = record["ranks"].get(event.get("rank")) if record is not None else None
+        name, rank = event.get("dataset"), event.get("rank")
+        record = self.view.get(name)
+        ranks = record["ranks"].get(rank) if record is not None else None
         if ranks is None:
             return False
+        self._count(name, rank, ranks, event.get("epoch"), event.get("data_samples"), event.get("data_session"))
         _advance(record, ranks, event)
         return True
+
+    def _count(self, name: str, rank: int, ranks: dict[str, Any], epoch: object, samples: object,
+               session: object) -> None:
+        """A pipeline session's running count of the rank's samples in ``epoch``: what it adds to the
+        rank's count since that session's last word (a count that goes back, a report older than one
+        already folded, adds nothing)."""
+        if not isinstance(epoch, int) or not isinstance(samples, int) or isinstance(samples, bool):
+            return
+        key = (name, rank, str(session), epoch)
+        delta = samples - self._counted.get(key, 0)
+        if delta > 0:
+            self._counted[key] = samples
+            ranks["samples"][epoch] = ranks["samples"].get(epoch, 0) + delta
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return {name: _summary(record) for name, record in self.view.items()}

@@ -27,7 +27,7 @@ A window without a step gives no report: a rank that stops stepping goes
 quiet, and the coordinator's stall rule (:mod:`torchrt.view.alerts`) notices.
 
 What the rest of torchrt knows it hands over itself: ``torchrt.data``'s
-pipeline calls :func:`note_data` for every batch (epoch, position, wait),
+pipeline calls :func:`note_data` for every batch (epoch, position, wait, the rank's samples),
 ``torchrt.barrier`` and the checkpoint manager call :func:`note_wait`, a
 checkpoint restore calls :func:`note_restored` (the step numbers go on from the
 restored step). This module imports nothing of torch.
@@ -40,7 +40,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from torchrt.contract import EventType
 from torchrt.telemetry.reporter import Event, add_source
@@ -54,6 +54,16 @@ PROGRESS_INTERVAL_S = 10.0  # a rank's step report is logged at most this often 
 MAX_SCALARS = 32            # user scalar names kept per window; further names are counted, not kept
 WAITS = ("data", "barrier", "checkpoint")  # the waits a step report breaks out (note_wait kinds)
 _WAIT_FIELDS = {"data": "data_wait_ms", "barrier": "barrier_ms", "checkpoint": "checkpoint_ms"}
+
+
+class _DataPlace(NamedTuple):
+    """Where the rank's last batch came from (what :func:`note_data` was told)."""
+
+    dataset: str
+    epoch: int
+    position: int
+    samples: int
+    session: str
 
 
 class _Window:
@@ -85,7 +95,7 @@ class StepMeter:
         self._window = _Window()
         self._step = 0
         self._previous: float | None = None   # the clock at the last call
-        self._data: tuple[str | None, int | None, int | None] = (None, None, None)  # dataset, epoch, position
+        self._data: _DataPlace | None = None  # where the last batch came from
         self._logged_at: float | None = None  # the clock when a report was last logged
         self._logged_epoch: int | None = None
         self._last: Event | None = None       # the last report, if it was not logged
@@ -127,10 +137,13 @@ class StepMeter:
             if kind in waits:
                 waits[kind] += seconds
 
-    def note_data(self, dataset: str, epoch: int, position: int, wait_s: float) -> None:
-        """A batch was delivered by ``dataset``'s pipeline after ``wait_s`` of waiting."""
+    def note_data(self, dataset: str, epoch: int, position: int, wait_s: float, *, samples: int,
+                  session: str) -> None:
+        """A batch was delivered by ``dataset``'s pipeline (``session``) after ``wait_s`` of waiting;
+        the job is at ``position`` of ``epoch``, and the pipeline has given this rank ``samples`` real
+        samples of it."""
         with self._lock:
-            self._data = (dataset, epoch, position)
+            self._data = _DataPlace(dataset, epoch, position, samples, session)
             self._window.waits["data"] += wait_s
 
     def note_restored(self, step: int) -> None:
@@ -146,13 +159,14 @@ class StepMeter:
         with self._lock:
             window, self._window = self._window, _Window()
             step = self._step
-            dataset, epoch, position = self._data
+            data = self._data
         if window.steps == 0:
             if final and self._last is not None:  # the last report was live only: log it as the last word
                 report, self._last = {**self._last, "type": EventType.STEP_PROGRESS, "ts": self.wall()}, None
                 return [report]
             return []
-        report = self._report(window, step, dataset, epoch, position)
+        report = self._report(window, step, data)
+        epoch = data.epoch if data is not None else None
         due = (final or self._logged_at is None or now - self._logged_at >= self.progress_interval
                or epoch != self._logged_epoch)
         if due:
@@ -162,8 +176,7 @@ class StepMeter:
             self._last = report
         return [report]
 
-    def _report(self, window: _Window, step: int, dataset: str | None, epoch: int | None,
-                position: int | None) -> Event:
+    def _report(self, window: _Window, step: int, data: _DataPlace | None) -> Event:
         report: Event = {"type": EventType.STEP, "ts": self.wall(), "step": step, "steps": window.steps}
         per_step = 1000.0 / window.steps
         waits = {_WAIT_FIELDS[kind]: round(seconds * per_step, 3) for kind, seconds in window.waits.items()}
@@ -196,8 +209,9 @@ class StepMeter:
             report["not_numbers"] = bad[:MAX_SCALARS]  # NaN, inf or not a number at all: shown, not plotted
         if window.scalars_dropped:
             report["scalars_dropped"] = window.scalars_dropped
-        if dataset is not None:
-            report.update(dataset=dataset, epoch=epoch, position=position)
+        if data is not None:
+            report.update(dataset=data.dataset, epoch=data.epoch, position=data.position,
+                          data_samples=data.samples, data_session=data.session)
         return report
 
 
@@ -242,9 +256,9 @@ def note_wait(kind: str, seconds: float) -> None:
     _meter.note_wait(kind, seconds)
 
 
-def note_data(dataset: str, epoch: int, position: int, wait_s: float) -> None:
+def note_data(dataset: str, epoch: int, position: int, wait_s: float, *, samples: int, session: str) -> None:
     """For ``torchrt.data``: a batch of ``dataset`` was delivered (see :meth:`StepMeter.note_data`)."""
-    _meter.note_data(dataset, epoch, position, wait_s)
+    _meter.note_data(dataset, epoch, position, wait_s, samples=samples, session=session)
 
 
 def note_restored(step: int) -> None:
