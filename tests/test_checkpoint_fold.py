@@ -85,3 +85,23 @@ def test_a_restore_report_with_a_malformed_rank_is_still_one_restore():
     fold = CheckpointFold()
     fold.apply({**_restored(10, 0), "rank": {"not": "a rank"}})  # raised TypeError (unhashable) in the fold
     assert (fold.snapshot()["restores_total"], fold.snapshot()["last_restore"]["ranks"]) == (1, 1)
+
+
+def test_the_last_durable_step_is_the_newest_committed_or_restored():
+    # The demo's stopped node took rank 0's commit of step 200 with it; the next generation restored 200.
+    fold = CheckpointFold()
+    fold.apply(_committed(180))
+    fold.apply(_saved(200, 1))
+    durable = lambda: (fold.snapshot()["latest_step"], fold.snapshot()["durable_step"], fold.snapshot()["durable_by"])
+    assert durable() == (180, 180, "commit")
+    for rank in range(2):
+        fold.apply(_restored(200, rank))
+    assert durable() == (180, 200, "restore")  # the restore read it back: it was durable
+    fold.apply(_committed(200))  # a late commit of the same step: the better proof
+    assert durable() == (200, 200, "commit")
+    fold.apply(_committed(220))
+    fold.apply(_restored(200, 0))  # a fallback to an older step does not make 220 less durable
+    assert durable() == (220, 220, "commit")
+    fold.apply({"type": EventType.CHECKPOINT_RESTORED, "step": "x", "rank": 0})  # malformed: no step shown
+    assert durable() == (220, 220, "commit")
+    assert CheckpointFold().snapshot()["durable_step"] is None

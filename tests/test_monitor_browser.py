@@ -218,6 +218,9 @@ def test_the_checkpoints_page_counts_the_jobs_restores_and_lists_the_newest(tmp_
         assert card_value(page, "Restores") == "3"
         restores = page.locator(".card", has=page.locator(".label", has_text="Restores"))
         assert restores.locator(".sub").inner_text() == "last from step 30 · 4 ranks"
+        durable = page.locator(".card", has=page.locator(".label", has_text="Last durable step"))
+        assert (card_value(page, "Last durable step"), durable.locator(".sub").inner_text()) == (
+            "30", "restored from; its commit is not in the record")  # no commit logged, yet read back from disk
         cells = page.locator("#restores tbody tr").first.locator("td").all_inner_texts()
         assert (cells[1], cells[2]) == ("30", "3")  # the newest first: the last rank to restore step 30
         assert page.locator("#restores tbody tr").count() == 10

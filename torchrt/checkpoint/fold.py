@@ -14,6 +14,10 @@ may be lost with its worker (the demo's stopped node: step 200 shown in flight
 with 2 of 4 ranks forever, restored from a minute later). After either, a shard's
 report of a step up to that floor is late, not a new save.
 
+The last durable step (``durable_step``) is the newest step the record shows on disk: the last
+commit's, or a newer step a restore read (``durable_by``: ``commit`` or ``restore``). That dead
+node's step 200 was durable though no commit of it was logged; the restore of it is the proof.
+
 Each rank reports its own restore; the job's restores (``restores_total``,
 ``last_restore``) count the ranks that restored the same step together once. A
 rank that restores again, or another step, starts the next one. ``snapshot()`` is
@@ -64,6 +68,7 @@ class CheckpointFold:
         self.restored_ranks_total = 0  # restored events, one per rank
         self.restores_total = 0        # the job's restores: the ranks restoring one step together
         self._restore: dict[str, Any] | None = None  # the latest: {"step", "ranks": set, "first_at"}
+        self._durable: tuple[int, str] | None = None  # (the newest step shown durable, "commit" or "restore")
         self.saving: dict[int, dict[str, Any]] = {}
         # the highest step settled (committed, failed, restored) since the last restore: a shard's report
         # of a step up to it (rank 0 committed as soon as every shard was durable) is not a new save
@@ -81,6 +86,7 @@ class CheckpointFold:
             self.committed.append(fields)
             self.committed_total += 1
             self._settle(step)
+            self._shown_durable(step, "commit")
         elif kind in (EventType.CHECKPOINT_FAILED, EventType.CHECKPOINT_SKIPPED):
             self.problems.append({"kind": kind.removeprefix("checkpoint_"), **fields})
             self.problems_total += 1
@@ -111,6 +117,16 @@ class CheckpointFold:
         current["ranks"].add(rank)
         self.saving.clear()  # the old generation's saves end here; the steps after this one are saved anew
         self._floor = step if isinstance(step, int) else None
+        self._shown_durable(step, "restore")
+
+    def _shown_durable(self, step: Any, by: str) -> None:
+        """``step`` is on disk (``by`` a commit, or a restore that read it): the newest such step
+        is the last durable one; a commit of that same step is the better proof."""
+        if not isinstance(step, int) or isinstance(step, bool):
+            return
+        durable = self._durable
+        if durable is None or step > durable[0] or (step == durable[0] and by == "commit"):
+            self._durable = (step, by)
 
     def _saved(self, step: int, event: Event) -> None:
         if self._floor is not None and step <= self._floor:
@@ -147,7 +163,10 @@ class CheckpointFold:
         restore = self._restore
         last_restore = None if restore is None else \
             {"step": restore["step"], "ranks": len(restore["ranks"]), "first_at": restore["first_at"]}
-        return {"latest_step": latest.get("step") if latest else None, "committed_total": self.committed_total,
+        durable = self._durable
+        return {"latest_step": latest.get("step") if latest else None,
+                "durable_step": durable[0] if durable else None, "durable_by": durable[1] if durable else None,
+                "committed_total": self.committed_total,
                 "problems_total": self.problems_total, "restores_total": self.restores_total,
                 "restored_ranks_total": self.restored_ranks_total, "last_restore": last_restore,
                 "saving": [dict(s) for s in self.saving.values()],

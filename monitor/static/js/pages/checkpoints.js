@@ -43,7 +43,8 @@ function render(view) {
   const last = (ck.committed || []).at(-1);
   const saving = ck.saving || [];
   fillCards(document.getElementById("cards"),
-    card("Last durable step", ck.latest_step ?? "–", last ? `committed ${ago(last.ts, view.now)}` : "nothing committed yet"),
+    card("Last durable step", ck.durable_step ?? "–", ck.durable_by === "restore"
+      ? "restored from; its commit is not in the record" : last ? `committed ${ago(last.ts, view.now)}` : "nothing committed yet"),
     card("Committed", int(ck.committed_total), last ? `last ${bytes(last.bytes)} in ${seconds(last.total_s)}` : ""),
     card("Last write", last ? mbps(last.mb_s) : "–", last && last.ranks ? `slowest rank: stall ${seconds(last.ranks.max_stall_s)}, write ${seconds(last.ranks.max_write_s)}` : ""),
     card("In flight", int(saving.length), saving.length ? `step ${saving.map((s) => s.step).join(", ")}` : "no save under way"),

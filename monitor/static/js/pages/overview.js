@@ -96,8 +96,8 @@ function renderCards(s) {
     card("Step time", ms(prog.step_ms && prog.step_ms.median),
       slowest ? `median · slowest rank ${slowest.rank}: ${ms(slowest.step_ms)}` : "median"),
     card("Checkpoint write", lastCommit ? mbps(lastCommit.mb_s) : "–",
-      ck.latest_step !== null && ck.latest_step !== undefined
-        ? `durable step ${ck.latest_step}${lastCommit ? ` · ${bytes(lastCommit.bytes)}` : ""}${saving.length ? " · saving" : ""}`
+      ck.durable_step !== null && ck.durable_step !== undefined
+        ? `durable step ${ck.durable_step}${lastCommit ? ` · ${bytes(lastCommit.bytes)}` : ""}${saving.length ? " · saving" : ""}`
         : saving.length ? "saving the first" : "none yet",
       ck.problems_total ? "warn" : null),
     card("Barrier p50 / p99", barrier ? pair(us(barrier.p50_us), us(barrier.p99_us)) : "–",
