@@ -43,6 +43,7 @@ from monitor.headers import NO_STORE, security_headers
 from monitor.errors import NotFoundError, NotLiveError, QueryError
 from monitor.live import Broadcaster, register_websocket
 from monitor.prom import metrics_view
+from monitor.sentences import presented
 from monitor.sources import ViewSource
 from torchrt.view.series import LEVELS, Series
 
@@ -118,7 +119,9 @@ class RequestRate:
 
 class _AppSource:
     """``source`` as the app serves it: its settings also carry the monitor's and TensorBoard's
-    URLs (no secret), and its series the monitor's own requests/s (:class:`RequestRate`)."""
+    URLs (no secret), its series the monitor's own requests/s (:class:`RequestRate`), and its
+    recent problems (``alerts.recent``) their sentences (:func:`monitor.sentences.presented`), as
+    the Logs page shows them."""
 
     PART, SUBJECT, MEASURE = "monitor", "requests", "per_s"
 
@@ -141,6 +144,9 @@ class _AppSource:
         series = {**snapshot.get("series", {}), self.PART: {"folded": 0, "last": {
             f"{self.SUBJECT}/{self.MEASURE}": rate}}}
         served = {**snapshot, "series": series}
+        alerts = snapshot.get("alerts")
+        if isinstance(alerts, dict) and isinstance(alerts.get("recent"), list):
+            served["alerts"] = {**alerts, "recent": [presented(e) for e in alerts["recent"] if isinstance(e, dict)]}
         self._last = (snapshot, rate, served)
         return served
 

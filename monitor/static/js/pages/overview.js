@@ -177,7 +177,7 @@ function renderAlerts(view) {
   const recentTable = table([
     { label: "Time", cell: (e) => clock(e.ts) },
     { label: "Type", cell: (e) => el("span", { class: `tag ${/error|failed|dead|stalled|timeout/.test(e.type) ? "err" : "warn"}` }, e.type) },
-    { label: "What", cell: (e) => e.error || e.message || e.reason || e.detail || (e.rank !== undefined ? `rank ${e.rank}` : e.node || "") },
+    { label: "What", cell: (e) => e.what || e.error || e.message || e.reason || e.detail || (e.rank !== undefined ? `rank ${e.rank}` : e.node || "") },
   ], recent.slice(0, 6), { empty: "Nothing has gone wrong." });
   fill(document.getElementById("alerts"), el("h3", {}, "Open"), openList, el("h3", {}, "Recent problems"), recentTable);
 }
