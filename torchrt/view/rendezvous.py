@@ -187,14 +187,16 @@ class RendezvousFold:
         return True
 
     def _arrivals(self, participants: list[Any], started_at: Any) -> dict[str, Any]:
-        """When the round's participants asked for it (they are waiting, since then), in order."""
+        """When the round's participants asked for it (they are waiting, since then), in order. A
+        node already waiting when the round started (its join started it, and was stamped a moment
+        before the start) arrived at the start: 0, never a time before it."""
         waited = sorted((node["since"], node["node_id"]) for p in participants
                         if (node := self.nodes.get(str(p))) is not None and node["status"] == NodeStatus.WAITING.value
                         and isinstance(node["since"], (int, float)))
         base = started_at if isinstance(started_at, (int, float)) else (waited[0][0] if waited else None)
 
         def arrival(since: float, node_id: str) -> dict[str, Any]:
-            return {"node": node_id, "after_s": round(since - base, 6) if base is not None else None}
+            return {"node": node_id, "after_s": round(max(since - base, 0.0), 6) if base is not None else None}
 
         return {"count": len(waited), "first": [arrival(*w) for w in waited[:LISTED]],
                 "last": arrival(*waited[-1]) if waited else None}
