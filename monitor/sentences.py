@@ -48,6 +48,14 @@ SENTENCES: dict[EventType, str] = {
     E.ERROR: "coordinator error in {where}: {error}",
     E.RUN_DIR_ERROR: "run directory not writable: {error}",
     E.SHUTDOWN: "coordinator shut down: {reason}",
+    E.INSECURE_BIND: "coordinator reachable on {host} without a token: {warning}",
+    E.NODE_REJECTED: "a node was refused ({op}): {error}",
+    E.TELEMETRY_DROPPED: "{count} telemetry reports dropped",
+    E.REPORT_REFUSED: "a {refused_type} report of rank {rank} refused: {why}",
+    E.STEP_PROGRESS: "rank {rank} at step {step}: {step_ms} ms a step, {samples_per_s} samples/s",
+    E.NODE_STATUS: "node {node_id}: CPU {cpu_percent}%, memory {mem_percent}%",
+    E.DATA_PROGRESS: "rank {rank} in dataset {dataset}: epoch {epoch}, position {position} of {size}",
+    E.DATA_TIMING: "rank {rank} read dataset {dataset} at {samples_per_s} samples/s, waiting {wait_fraction} of the time",
 }
 _FORMATTER = string.Formatter()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monitor.api import TIMELINE
 from monitor.sentences import MAX_CHARS, SENTENCES, presented, sentence
-from torchrt.contract import EventType
+from torchrt.contract import EVENTS, EventType
 
 
 def test_a_sentence_reads_the_events_fields_by_name_rounded_and_a_missing_one_as_a_question_mark():
@@ -16,7 +16,7 @@ def test_a_sentence_reads_the_events_fields_by_name_rounded_and_a_missing_one_as
 
 
 def test_a_type_without_a_template_has_no_sentence_and_is_presented_with_its_level_alone():
-    report = {"type": EventType.STEP_PROGRESS.value, "seq": 9, "step": 5}
+    report = {"type": EventType.STEP.value, "seq": 9, "step": 5}  # live only: never in the Logs
     assert sentence(report) is None and sentence({"type": "not-a-type"}) is None
     assert presented(report) == {**report, "level": "info"}
     dead = {"type": EventType.NODE_DEAD.value, "node": "n1", "reason": "no heartbeat for 2.5s"}
@@ -25,3 +25,10 @@ def test_a_type_without_a_template_has_no_sentence_and_is_presented_with_its_lev
 
 def test_every_timeline_event_has_a_sentence():
     assert set(TIMELINE) <= set(SENTENCES)
+
+
+def test_every_logged_event_has_a_sentence():
+    # The Logs showed step_progress, data_progress and data_timing, most of a live job's rows, as key=value.
+    assert {t for t, spec in EVENTS.items() if spec.logged} <= set(SENTENCES)
+    report = {"type": EventType.STEP_PROGRESS.value, "rank": 1, "step": 343, "step_ms": 478.5, "samples_per_s": 11.83}
+    assert sentence(report) == "rank 1 at step 343: 478.5 ms a step, 11.83 samples/s"
