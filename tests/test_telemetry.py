@@ -53,9 +53,27 @@ def test_a_window_of_steps_is_one_report_with_step_time_rate_waits_and_the_last_
     assert math.isclose(report["step_ms"], 12.0, abs_tol=0.01) and math.isclose(report["step_max_ms"], 30.0)
     assert math.isclose(report["barrier_ms"], 2.0, abs_tol=0.01) and report["data_wait_ms"] == 0.0
     assert math.isclose(report["busy_ms"], 10.0, abs_tol=0.02)
-    assert report["samples"] == 101 * 32 and math.isclose(report["samples_per_s"], 101 * 32 / 1.2, rel_tol=1e-3)
+    # the rate is the timed steps' samples over their time: the first call's samples came before the clock
+    assert report["samples"] == 101 * 32 and math.isclose(report["samples_per_s"], 100 * 32 / 1.2, rel_tol=1e-4)
     assert report["loss"] == 1.0 and report["scalars"] == {"accuracy": 1.0}
     assert m.window() == []  # no step since: no report
+
+
+def test_a_new_process_first_window_reports_its_true_rate_not_a_spike():
+    # The Activity page's samples/s jumped to twice the job's rate after every restart: a new process's
+    # first window counted its first step's samples over the time of the steps after it alone.
+    clock = ManualClock(0.0)
+    m = meter(clock)
+    for _ in range(3):  # 0.5 s steps of 8 samples: 16 samples/s
+        m.step(samples=8)
+        clock.now += 0.5
+    [first] = m.window()
+    assert (first["samples"], first["samples_per_s"]) == (24, 16.0)
+    for _ in range(2):
+        m.step(samples=8)
+        clock.now += 0.5
+    [second] = m.window()
+    assert (second["samples"], second["samples_per_s"]) == (16, 16.0)
 
 
 def test_reports_are_logged_every_ten_seconds_on_an_epoch_change_and_as_the_last_word():

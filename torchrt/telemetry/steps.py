@@ -69,7 +69,8 @@ class _DataPlace(NamedTuple):
 class _Window:
     """What the steps of one reporter window add up to."""
 
-    __slots__ = ("steps", "timed", "total_s", "max_s", "samples", "waits", "loss", "scalars", "scalars_dropped")
+    __slots__ = ("steps", "timed", "total_s", "max_s", "samples", "timed_samples", "waits", "loss", "scalars",
+                 "scalars_dropped")
 
     def __init__(self) -> None:
         self.steps = 0          # calls in the window
@@ -77,6 +78,7 @@ class _Window:
         self.total_s = 0.0
         self.max_s = 0.0
         self.samples: int | None = None
+        self.timed_samples = 0  # of them, those of the timed steps: the rate is theirs over total_s
         self.waits = dict.fromkeys(WAITS, 0.0)
         self.loss: Any = None
         self.scalars: dict[str, Any] = {}
@@ -111,7 +113,8 @@ class StepMeter:
             self._step += 1
             window = self._window
             window.steps += 1
-            if self._previous is not None:
+            timed = self._previous is not None
+            if timed:
                 elapsed = now - self._previous
                 window.timed += 1
                 window.total_s += elapsed
@@ -119,7 +122,10 @@ class StepMeter:
                     window.max_s = elapsed
             self._previous = now
             if samples is not None:
-                window.samples = (window.samples or 0) + (samples if isinstance(samples, int) else _count(samples))
+                count = samples if isinstance(samples, int) else _count(samples)
+                window.samples = (window.samples or 0) + count
+                if timed:  # the first call's samples were trained on before the clock started
+                    window.timed_samples += count
             if loss is not None:
                 window.loss = loss
             if scalars:
@@ -186,7 +192,7 @@ class StepMeter:
                           step_max_ms=round(window.max_s * 1000.0, 3),
                           busy_ms=round(max(step_ms - sum(waits.values()), 0.0), 3))
             if window.samples is not None and window.total_s > 0:
-                report["samples_per_s"] = round(window.samples / window.total_s, 3)
+                report["samples_per_s"] = round(window.timed_samples / window.total_s, 3)
         report.update(waits)
         if window.samples is not None:
             report["samples"] = window.samples
