@@ -357,7 +357,7 @@ def test_grouping_ignores_torchrt_threads_and_the_innermost_line_but_not_the_cal
         ((0, 1, 2, 3, 4, 5, 6), "all_reduce"), ((7,), "all_reduce"), ((8,), "_next_data"),
         ((9,), None), ((10,), None)]
     assert groups[3].detail == "RuntimeError: boom"
-    assert summary(groups) == ("7 ranks in all_reduce, 1 in all_reduce, 1 in _next_data; "
+    assert summary(groups) == ("8 ranks in all_reduce (2 stacks), 1 in _next_data; "
                                "1 could not take stacks, 1 not in the job")
     text = render({"ranks": ranks})
     assert "== ranks 0-6 (7 of 11): in all_reduce\n  Thread 'MainThread'\n    all_reduce (train.py:100)" in text

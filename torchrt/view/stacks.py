@@ -116,16 +116,23 @@ def compact(ranks: Mapping[Any, Mapping[str, Any]]) -> dict[str, dict[str, Any]]
 
 
 def summary(groups: Iterable[StackGroup]) -> str:
-    """One line: ``7 ranks in all_reduce, 1 in _next_data; 1 gone``."""
-    where: list[str] = []
+    """One line: ``7 ranks in all_reduce, 1 in _next_data; 1 gone``. Groups whose main threads are
+    in the same function (their other threads differ) count together, with how many stacks they
+    are: ``3 ranks in backward (2 stacks)``, not ``2 ranks in backward, 1 in backward``."""
+    at: dict[str, list[int]] = {}  # where -> [ranks, groups], largest first (groups come so)
     missing: list[str] = []
     for group in groups:
         count = len(group.ranks)
         if group.answer is StackAnswer.ANSWERED:
-            noun = f" {_plural(count)}" if not where else ""  # "7 ranks in all_reduce, 1 in _next_data"
-            where.append(f"{count}{noun} in {group.where or '?'}")
+            counts = at.setdefault(group.where or "?", [0, 0])
+            counts[0] += count
+            counts[1] += 1
         else:
             missing.append(f"{count} {_WHY[group.answer]}")
+    where = []
+    for name, (count, stacks) in sorted(at.items(), key=lambda item: -item[1][0]):
+        noun = f" {_plural(count)}" if not where else ""  # "7 ranks in all_reduce, 1 in _next_data"
+        where.append(f"{count}{noun} in {name}" + (f" ({stacks} stacks)" if stacks > 1 else ""))
     return "; ".join(p for p in (", ".join(where), ", ".join(missing)) if p) or "no ranks"
 
 
