@@ -199,6 +199,21 @@ def test_the_overviews_recent_problems_read_as_the_logs_sentences(tmp_path: Path
     assert console == []
 
 
+def test_a_rank_straggling_on_its_data_reads_as_its_wait_beside_the_others(tmp_path: Path, page,
+                                                                           console: list[str]) -> None:
+    # The demo's slow rank read "waits 4,349× longer for data": the others waited 30 µs a step.
+    records = [{"type": EventType.WORKER_STARTED, "rank": rank, "round": 1, "pid": 100 + rank, "node": "n1",
+                "world_size": 3, "backend": "gloo"} for rank in range(3)]
+    records.append({"type": EventType.RANK_STRAGGLING, "rank": 2, "measure": "data_wait_ms", "ratio": 4349.2,
+                    "value_ms": 133.4, "median_ms": 0.0307, "step_ms": 460.0, "reports": 5, "step": 300})
+    with replayed_record(tmp_path, records) as url:
+        page.goto(url + "/tasks")
+        row = page.locator("#rank-2")
+        row.wait_for(timeout=WAIT_MS)
+        assert "straggling waits 133.4 ms a step for data, the others 31 µs" in row.inner_text()
+    assert console == []
+
+
 def test_the_datasets_page_reads_the_fields_and_names_the_rank_waiting_longest(tmp_path: Path, page,
                                                                                console: list[str]) -> None:
     # The demo's slow rank 2: Tasks said it waited for data; Datasets said "worst 0%" and named nobody.

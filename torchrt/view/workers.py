@@ -61,6 +61,8 @@ PROGRESS = ("step", "epoch", "position", "dataset", "steps", "step_ms", "step_ma
 SERIES_SUBJECT = "steps"
 _SERIES_MEASURES = ("step_ms", "busy_ms", "samples_per_s", "data_wait_ms")
 _ALERTS = frozenset({EventType.RANK_STRAGGLING, EventType.RANK_STALLED})
+# what a row keeps of an alert: the measure and how far off (ratio, and the values behind it)
+_ALERT_FIELDS = ("ratio", "measure", "value_ms", "median_ms", "step", "silent_s")
 _NO_PROGRESS: dict[str, Any] = dict.fromkeys(PROGRESS) | {"reported_at": None}
 
 
@@ -116,8 +118,7 @@ class WorkersFold:
             if kind == EventType.STEP_PROGRESS:
                 self.logged[rank] = progress
         elif kind in _ALERTS:
-            row["alerts"] = {**row["alerts"], str(kind): {k: event.get(k) for k in ("ratio", "measure", "step", "silent_s")
-                                                           if k in event} | {"since": event.get("ts")}}
+            row["alerts"] = {**row["alerts"], str(kind): {k: event.get(k) for k in _ALERT_FIELDS if k in event} | {"since": event.get("ts")}}
         else:  # rank_recovered
             was = event.get("was")
             row["alerts"] = {k: v for k, v in row["alerts"].items() if k != was}

@@ -108,7 +108,9 @@ function statusCell(row, view) {
   const extra = [];
   const straggling = alerts[STRAGGLING];
   if (straggling && straggling.measure === "data_wait_ms") {
-    extra.push(typeof straggling.ratio === "number" ? `waits ${num(straggling.ratio, 1)}× longer for data` : "waits for data");
+    // the others' waits are often microseconds: "4,349× longer" says less than the two times
+    extra.push(typeof straggling.value_ms === "number" && typeof straggling.median_ms === "number"
+      ? `waits ${ms(straggling.value_ms)} a step for data, the others ${ms(straggling.median_ms)}` : "waits for data");
   } else if (straggling && typeof straggling.ratio === "number") extra.push(`${num(straggling.ratio, 1)}× slower`);
   if (alerts[STALLED] && typeof alerts[STALLED].silent_s === "number") extra.push(`silent ${duration(alerts[STALLED].silent_s)}`);
   return el("span", {}, stateChip(status), extra.length ? el("span", { class: "hint" }, ` ${extra.join(", ")}`) : null);
