@@ -41,7 +41,7 @@ SENTENCES: dict[EventType, str] = {
     E.CHECKPOINT_RESTORED: "rank {rank} restored step {step}",
     E.DATASET_REGISTERED: "rank {rank} registered dataset {dataset} ({size} samples)",
     E.DATA_RESUMED: "rank {rank} resumed dataset {dataset} at epoch {epoch}, position {position}",
-    E.RANK_STRAGGLING: "rank {rank} straggling: x{ratio} the others' step time",
+    E.RANK_STRAGGLING: "rank {rank} straggling: {measure} {value_ms} ms, the others' {median_ms} ms (x{ratio})",
     E.RANK_STALLED: "rank {rank} stalled at step {step}",
     E.RANK_RECOVERED: "rank {rank} recovered ({was})",
     E.STACKS_DUMPED: "stack dump {request} ({reason})",

@@ -189,13 +189,15 @@ def replayed_record(tmp_path: Path, records: list[dict]) -> Iterator[str]:
 def test_the_overviews_recent_problems_read_as_the_logs_sentences(tmp_path: Path, page, console: list[str]) -> None:
     # The row of a dead node read "no heartbeat for 2.5s" and named no node.
     records = [{"type": EventType.NODE_DEAD, "node": "node-b", "reason": "no heartbeat for 2.5s"},
-               {"type": EventType.RANK_STRAGGLING, "rank": 2, "ratio": 3.4, "measure": "step_ms"}]
+               {"type": EventType.RANK_STRAGGLING, "rank": 2, "ratio": 3.4, "measure": "step_ms", "value_ms": 340.0,
+                "median_ms": 100.0}]
     with replayed_record(tmp_path, records) as url:
         page.goto(url + "/")
         rows = page.locator("#alerts table tbody tr")
         rows.first.wait_for(timeout=WAIT_MS)
         whats = [row.locator("td").nth(2).inner_text() for row in rows.all()]
-    assert whats == ["rank 2 straggling: x3.4 the others' step time", "node node-b dead: no heartbeat for 2.5s"]
+    assert whats == ["rank 2 straggling: step_ms 340.0 ms, the others' 100.0 ms (x3.4)",
+                     "node node-b dead: no heartbeat for 2.5s"]
     assert console == []
 
 

@@ -32,3 +32,10 @@ def test_every_logged_event_has_a_sentence():
     assert {t for t, spec in EVENTS.items() if spec.logged} <= set(SENTENCES)
     report = {"type": EventType.STEP_PROGRESS.value, "rank": 1, "step": 343, "step_ms": 478.5, "samples_per_s": 11.83}
     assert sentence(report) == "rank 1 at step 343: 478.5 ms a step, 11.83 samples/s"
+
+
+def test_a_straggler_reads_as_its_measure_beside_the_others():
+    # It read "x4349.2 the others' step time" for a rank whose data wait, not its step, stood out.
+    alert = {"type": EventType.RANK_STRAGGLING.value, "rank": 2, "measure": "data_wait_ms", "ratio": 4349.2,
+             "value_ms": 133.4, "median_ms": 0.0307}
+    assert sentence(alert) == "rank 2 straggling: data_wait_ms 133.4 ms, the others' 0.031 ms (x4349.2)"
