@@ -148,6 +148,38 @@ def test_registry_view_adds_counts_across_a_restart_at_another_world_size(record
     assert view["ranks"][0]["samples"] == {0: 20 + 15}
 
 
+def test_the_epoch_after_a_resumed_one_is_described_at_its_full_share(recorder):
+    # The demo's Datasets page, in epoch 5, read "slots 928-1,797" and "328 of 218 this epoch" for each
+    # rank: the part of epoch 3 that the ranks had resumed into, described once at the resume.
+    clock = ManualClock()
+    spec = DataSpec(name="d", kind="synthetic", options={"size": 100, "shape": [2]}, batch_size=5, workers=0,
+                    tail="pad", preview_interval=None, report_interval=60.0)
+    saving = build_pipeline(spec, 0, 2, clock=clock)
+    batches = iter(saving)
+    for _ in range(4):
+        next(batches)
+    state = saving.state_dict()  # epoch 0 at position 40
+    saving.close()
+    pipes = [build_pipeline(spec, r, 4, clock=clock) for r in range(4)]
+    for pipe in pipes:
+        pipe.load_state_dict(state)
+        list(pipe)  # the rest of epoch 0: 60 samples, 15 a rank
+    resumed = ev.registry_view(recorder.events)["d"]["ranks"][0]
+    assert (resumed["assignment"]["start_position"], resumed["assignment"]["samples"]) == (40, 15)
+    epoch_1 = [iter(pipe) for pipe in pipes]
+    for it in epoch_1:
+        next(it)
+    view = ev.registry_view(recorder.events)["d"]
+    for rank, entry in view["ranks"].items():
+        assignment = entry["assignment"]
+        assert (assignment["start_position"], assignment["samples"], assignment["rank"]) == (0, 25, rank)
+    assert (view["epoch"], view["position"]) == (1, 0)
+    described = [e for e in recorder.of(ev.DATA_PROGRESS) if "assignment" in e]
+    assert sorted(e["rank"] for e in described) == [0, 1, 2, 3]  # once each: at the start of epoch 1
+    for pipe in pipes:
+        pipe.close()
+
+
 def test_registry_view_ignores_foreign_and_malformed_events():
     assert ev.registry_view([{"type": "barrier"}, {"type": ev.DATA_PROGRESS, "dataset": "x", "rank": "0"},
                              {"type": ev.DATA_PROGRESS}]) == {

@@ -7,7 +7,9 @@ documented in ``docs/data.md``):
                         part of the epoch this rank reads (``assignment``)
 ``data_resumed``        a rank loaded a saved state (epoch, global position, the saving job's world size)
 ``data_progress``       every ``interval`` seconds and at the end of an epoch: global position, this
-                        rank's samples consumed in the epoch
+                        rank's samples consumed in the epoch; when the rank begins a part of an epoch
+                        it had not described (the next epoch after a resumed one), with that part
+                        (``assignment``)
 ``data_timing``         same cadence: seconds spent reading, mapping and waiting for data in the window
                         (waiting: on the pipeline, plus what the training loop reports it waited on
                         the dataset outside it, :meth:`DataEvents.waited`)
@@ -111,11 +113,16 @@ class DataEvents:
         """Batches were served since the last report."""
         return self._batches > 0
 
-    def report(self, *, epoch: int, position: int, size: int, step: int, steps: int, done: bool) -> None:
-        """Emit ``data_progress`` and (if any batch was served in the window) ``data_timing`` now."""
+    def report(self, *, epoch: int, position: int, size: int, step: int, steps: int, done: bool,
+               assignment: dict[str, Any] | None = None) -> None:
+        """Emit ``data_progress`` (with ``assignment`` when given: the part of the epoch this rank
+        reads from here, as an epoch begins) and, if any batch was served in the window,
+        ``data_timing`` now."""
         now = self.clock()
+        extra = {"assignment": assignment} if assignment is not None else {}
         self._emit(DATA_PROGRESS, epoch=epoch, position=position, size=size, step=step, steps=steps,
-                   samples=self._epoch_samples.get(epoch, 0), padded=self._epoch_padded.get(epoch, 0), done=done)
+                   samples=self._epoch_samples.get(epoch, 0), padded=self._epoch_padded.get(epoch, 0), done=done,
+                   **extra)
         if self._batches:
             window = max(now - self._window_start, 1e-9)
             per = 1000.0 / self._batches
@@ -190,6 +197,8 @@ class RegistryFold:
             ranks["assignment"] = event.get("assignment", ranks["assignment"])
             _advance(record, ranks, event, rewind=True)
         elif kind == DATA_PROGRESS:
+            if "assignment" in event:  # an epoch begun: the rank's part of it from here
+                ranks["assignment"] = event["assignment"]
             self._count(name, rank, ranks, event.get("epoch"), event.get("samples"), event.get("session"))
             _advance(record, ranks, event)
         elif kind == DATA_TIMING:
