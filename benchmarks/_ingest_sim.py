@@ -5,7 +5,8 @@ One asyncio process speaks the coordinator's wire protocol for a whole job:
 rendezvous handler does) and heartbeat; then ``NODES x RANKS_PER_NODE`` worker
 connections say hello for that round and, every second each, send one
 ``telemetry`` op with one ``step`` report (every 10th second a
-``step_progress``, as torchrt.step's reporter does), each node one
+``step_progress``, as torchrt.step's reporter does; first, as torchrt.data does, it
+registers the dataset the reports then move along), each node one
 ``node_stats`` sample of itself and its workers. As a real worker's reporter
 (:func:`torchrt.telemetry.coordinator_reporter`), a rank sends its batches
 without an id (no reply), every tenth as a request, and, when the run ends,
@@ -76,7 +77,14 @@ def step_report(rank: int, step: int, logged: bool) -> dict[str, Any]:
             "window_s": 1.0, "step_ms": 100.0 + rank % 7, "step_max_ms": 120.0, "busy_ms": 90.0,
             "data_wait_ms": 5.0, "barrier_ms": 3.0, "checkpoint_ms": 0.0, "samples": 640, "samples_per_s": 640.0,
             "loss": 1.0 / (1 + step), "scalars": {"lr": 0.1}, "epoch": 0, "position": step * 640,
-            "dataset": "train"}
+            "dataset": "train", "data_samples": step * 64, "data_session": f"s{rank}"}
+
+
+def dataset_registered(rank: int, world_size: int) -> dict[str, Any]:
+    """What a rank's pipeline says first (torchrt.data): the step reports then move its dataset along."""
+    return {"type": EventType.DATASET_REGISTERED, "dataset": "train", "session": f"s{rank}", "size": 1 << 30,
+            "world_size": world_size, "batch_size": 64, "epoch": 0, "position": 0,
+            "assignment": {"scheme": "strided", "rank": rank, "world_size": world_size, "batch_size": 64}}
 
 
 def node_sample(node: int, ranks: range) -> dict[str, Any]:
@@ -109,6 +117,7 @@ async def main(endpoint: str, nodes: int, per_node: int) -> None:
         "node_id": f"node{i}", "round": number, "pid": 10_000 + rank, "backend": "gloo"})) for rank, i, c in workers))
 
     async def rank_loop(rank: int, conn: Conn) -> None:
+        conn.send(Op.TELEMETRY, events=[dataset_registered(rank, len(workers))])
         await asyncio.sleep(random.random())
         step = 0
         while True:
