@@ -1,7 +1,8 @@
 """What an event says, in one sentence: the timeline's labels and the first line of a Logs row.
 
 One template per event type, over the event's fields by name. A field the event lacks reads
-"?", and a float is rounded to 3 places. A type without a template has no sentence; the Logs
+"?", and a float reads with four significant figures (whole below 1,000 and up: ``27.12``,
+``0.0307``, ``4547``). A type without a template has no sentence; the Logs
 show its fields alone. :func:`presented` is an event as the monitor hands it to a page (the
 ``/api/v1/events`` items, the live updates' events): the event itself, its ``level`` and,
 where there is one, its sentence as ``what``.
@@ -9,6 +10,7 @@ where there is one, its sentence as ``what``.
 
 from __future__ import annotations
 
+import math
 import string
 from typing import Any
 
@@ -78,8 +80,16 @@ def sentence(event: dict[str, Any]) -> str | None:
     template = SENTENCES.get(event.get("type"))  # type: ignore[call-overload]  # a str enum: the plain name finds it
     if template is None:
         return None
-    fields = _Fields({k: round(v, 3) if isinstance(v, float) else v for k, v in event.items()})
+    fields = _Fields({k: _shown(v) if isinstance(v, float) else v for k, v in event.items()})
     return _FORMATTER.vformat(template, (), fields)[:MAX_CHARS]
+
+
+def _shown(value: float) -> str:
+    """A float as a sentence says it: four significant figures, a whole number from 1,000 on (no
+    exponent, no noise such as ``x4546.727``)."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def presented(event: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from torchrt.contract import EVENTS, EventType
 
 def test_a_sentence_reads_the_events_fields_by_name_rounded_and_a_missing_one_as_a_question_mark():
     event = {"type": EventType.CHECKPOINT_COMMITTED.value, "seq": 3, "ts": 1.0, "step": 40, "mb_s": 27.123456}
-    assert sentence(event) == "checkpoint of step 40 committed (27.123 MB/s)"
+    assert sentence(event) == "checkpoint of step 40 committed (27.12 MB/s)"  # four significant figures
+    assert sentence({**event, "mb_s": 0.0213}) == "checkpoint of step 40 committed (0.0213 MB/s)"
+    assert sentence({**event, "mb_s": 14360.2}) == "checkpoint of step 40 committed (14360 MB/s)"  # no exponent
     assert sentence({"type": EventType.WORKER_STOPPED.value, "rank": 2}) == "rank 2 stopped: ?"
     assert sentence({"type": EventType.ERROR.value, "where": "tick", "error": "x" * 1000}) == \
         ("coordinator error in tick: " + "x" * 1000)[:MAX_CHARS]
@@ -38,4 +40,4 @@ def test_a_straggler_reads_as_its_measure_beside_the_others():
     # It read "x4349.2 the others' step time" for a rank whose data wait, not its step, stood out.
     alert = {"type": EventType.RANK_STRAGGLING.value, "rank": 2, "measure": "data_wait_ms", "ratio": 4349.2,
              "value_ms": 133.4, "median_ms": 0.0307}
-    assert sentence(alert) == "rank 2 straggling: data_wait_ms 133.4 ms, the others' 0.031 ms (x4349.2)"
+    assert sentence(alert) == "rank 2 straggling: data_wait_ms 133.4 ms, the others' 0.0307 ms (x4349)"
