@@ -11,10 +11,11 @@ failure while running (no coordinator answers, the port is taken) exits 1.
 drains (closes the rendezvous and waits for the job's nodes and workers to
 go, then stops; a second Ctrl-C stops at once); with ``--owner-pid`` it
 drains when that process exits, which is how ``torchrt run`` ties the
-coordinator it starts to itself, or when that owner writes ``ended REASON`` on its
-stdin (:mod:`launch.owner`: the job ended normally, recorded as the reason). Unless ``--no-monitor``, it also starts the job's monitor
-(:mod:`launch.monitor`, a process of its own) and prints its URL, which ``coordinator.json``
-records too; a monitor that fails never stops the coordinator.
+coordinator it starts to itself, or when that owner writes ``ended REASON`` on
+its stdin (:mod:`launch.owner`: the job ended normally, recorded as the reason).
+Unless ``--no-monitor``, it also starts the job's monitor (:mod:`launch.monitor`,
+a process of its own) and prints its URL, which ``coordinator.json`` records too;
+a monitor that fails never stops the coordinator.
 """
 
 from __future__ import annotations

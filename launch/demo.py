@@ -10,8 +10,8 @@
    run's own checkpoint directory, so that a second demo does not resume the first;
 4. waits for the job. ``--once``: stops everything and exits with the job's exit status (the
    first node's non-zero status, else 0); the coordinator is told that the demo ended
-   (:func:`launch.owner.tell_ended`), so its record's ``shutdown`` says so. Otherwise the coordinator and the monitor stay up, to
-   look at the finished run, until Ctrl-C.
+   (:func:`launch.owner.tell_ended`), so its record's ``shutdown`` says so. Otherwise the
+   coordinator and the monitor stay up, to look at the finished run, until Ctrl-C.
 
 The coordinator runs apart from the nodes, so stopping a node (``demo.faults.stop_node``) never
 freezes the coordinator or the monitor, and ``DEMO_MODE=true torchrt coordinator`` is the same
