@@ -57,7 +57,8 @@ SENTENCES: dict[EventType, str] = {
     E.STEP_PROGRESS: "rank {rank} at step {step}: {step_ms} ms a step, {samples_per_s} samples/s",
     E.NODE_STATUS: "node {node_id}: CPU {cpu_percent}%, memory {mem_percent}%",
     E.DATA_PROGRESS: "rank {rank} in dataset {dataset}: epoch {epoch}, position {position} of {size}",
-    E.DATA_TIMING: "rank {rank} read dataset {dataset} at {samples_per_s} samples/s, waiting {wait_fraction} of the time",
+    E.DATA_TIMING: "rank {rank} read dataset {dataset} at {samples_per_s} samples/s, waiting {wait_fraction} of "
+                   "the time",
 }
 _FORMATTER = string.Formatter()
 

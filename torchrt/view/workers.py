@@ -118,7 +118,8 @@ class WorkersFold:
             if kind == EventType.STEP_PROGRESS:
                 self.logged[rank] = progress
         elif kind in _ALERTS:
-            row["alerts"] = {**row["alerts"], str(kind): {k: event.get(k) for k in _ALERT_FIELDS if k in event} | {"since": event.get("ts")}}
+            kept = {k: event.get(k) for k in _ALERT_FIELDS if k in event}
+            row["alerts"] = {**row["alerts"], str(kind): kept | {"since": event.get("ts")}}
         else:  # rank_recovered
             was = event.get("was")
             row["alerts"] = {k: v for k, v in row["alerts"].items() if k != was}
