@@ -431,7 +431,11 @@ def test_an_error_pushed_with_more_than_a_page_of_other_events_after_it_is_shown
     100 pushed events of any level before filtering them, so the error was dropped and never
     shown (found by the monitor benchmark: 1 to 4 of 60 markers lost). A monitor of its own, whose
     updates are 2 s apart, makes sure the burst comes in one update: it is recorded right after
-    the update that carried a first warning, so it waits for the next."""
+    the update that carried a first warning, so it waits for the next. That update can still
+    carry more than its 200 events (the job's own with the burst, or two updates merged for a
+    page that read late on a loaded box); then the error is among those it left out, and the page
+    reads the log again over HTTP. Such a try shows the error but not the case, so it is tried
+    again, up to three times; one try must bring the error in a frame with the burst after it."""
     assert live.job.coordinator is not None
     events = live.job.coordinator.events
     app = create_app(LiveSource(live.job.endpoint, run_dir=live.job.run_dir), MonitorOptions(update_interval_s=2.0))
@@ -441,8 +445,6 @@ def test_an_error_pushed_with_more_than_a_page_of_other_events_after_it_is_shown
             json.loads(text).get("events") or [])))
         page.goto(server.url + "/logs?level=error")
         page.wait_for_selector("body[data-rendered='1']", timeout=WAIT_MS)
-        first = emit(live.job, EventType.REPORT_REFUSED, rank=0, reason="a test's first warning")
-        until_true(page, lambda: any(e["seq"] == first for f in frames for e in f), "the first warning's update")
 
         def error_then_warnings(_view: object) -> int:  # on the coordinator's loop: pushed in one go
             seq = events.emit(EventType.ERROR, where="test-burst", error="before a burst")["seq"]
@@ -450,10 +452,16 @@ def test_an_error_pushed_with_more_than_a_page_of_other_events_after_it_is_shown
                 events.emit(EventType.REPORT_REFUSED, rank=i % RANKS, reason="a test's burst")
             return seq
 
-        error = live.job.coordinator.read_view(error_then_warnings)
-        page.wait_for_selector(f"#events tbody tr[data-seq='{error}']", timeout=WAIT_MS)
-        [burst] = [f for f in frames if any(e["seq"] == error for e in f)]
-        assert sum(e["seq"] > error for e in burst) >= 150  # what the test is about: more than a page after it
+        after: list[int] = []  # per try that brought the error in a frame: the events after it there
+        for _ in range(3):
+            first = emit(live.job, EventType.REPORT_REFUSED, rank=0, reason="a test's first warning")
+            until_true(page, lambda: any(e["seq"] == first for f in frames for e in f), "the first warning's update")
+            error = live.job.coordinator.read_view(error_then_warnings)
+            page.wait_for_selector(f"#events tbody tr[data-seq='{error}']", timeout=WAIT_MS)  # shown, however
+            after += [sum(e["seq"] > error for e in f) for f in frames if any(e["seq"] == error for e in f)]
+            if after:
+                break
+        assert after and after[0] >= 150, after  # what the test is about: more than a page after it
     assert console == []
 
 
