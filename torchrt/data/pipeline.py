@@ -261,7 +261,7 @@ class ShardedPipeline:
         self.events = DataEvents(self.name, rank, world_size, interval=report_interval, clock=clock)
         self.preview = PreviewTap(self.name, rank, interval=preview_interval, clock=clock)
         self._warned_empty = False
-        self._described: tuple[int, int] | None = None  # (epoch, start) of the assignment last reported
+        self._described: dict[str, object] | None = None  # the assignment last reported (registered, resumed)
 
     def note_wait(self, seconds: float) -> None:
         """Count ``seconds`` the training loop spent waiting for this dataset's batch outside the
@@ -324,11 +324,10 @@ class ShardedPipeline:
                            f"for {self.size} samples")
         self._close_active()
         self._epoch, self._position = state["epoch"], state["position"]
-        plan = self.plan()
-        self._described = (self._epoch, plan.start)
+        self._described = self.plan().describe(self.rank)
         self.events.resumed(epoch=self._epoch, position=self._position, size=self.size,
                             saved_world_size=state.get("world_size"), saved_batch_size=state.get("batch_size"),
-                            batch_size=self.batch_size, assignment=plan.describe(self.rank))
+                            batch_size=self.batch_size, assignment=self._described)
         logger.info("dataset %r rank %d/%d: resuming epoch %d at global position %d (saved at world size %s)",
                     self.name, self.rank, self.world_size, self._epoch, self._position, state.get("world_size"))
 
@@ -357,10 +356,11 @@ class ShardedPipeline:
 
     def _iterate(self) -> Iterator[Batch]:
         epoch, plan = self._epoch, self.plan()
-        if self._described != (epoch, plan.start):  # a part of an epoch not described yet: say which
-            self._described = (epoch, plan.start)
+        assignment = plan.describe(self.rank)
+        if assignment != self._described:  # the last one said no longer fits (the epoch after a resumed one)
+            self._described = assignment
             self.events.report(epoch=epoch, position=plan.start, size=self.size, step=0, steps=plan.steps,
-                               done=False, assignment=plan.describe(self.rank))
+                               done=False, assignment=assignment)
         if plan.steps == 0 and plan.start == 0 and not self._warned_empty:
             self._warned_empty = True
             logger.warning("dataset %r: %d samples do not fill one global step of %d x %d with tail=%r: "
@@ -427,5 +427,6 @@ class ShardedPipeline:
 
     def announce(self) -> None:
         """Emit ``dataset_registered`` for this rank (``build_pipeline`` does it for you)."""
-        self._described = (self._epoch, self._position)
-        self.events.registered(**self.describe())
+        described = self.describe()
+        self._described = described["assignment"]
+        self.events.registered(**described)
