@@ -65,12 +65,18 @@ def watch_owner(pid: int, on_exit: Callable[[], None], interval: float = POLL_IN
     return thread
 
 
+def _one_line(reason: str) -> str:
+    """``reason`` as the line carries it, and the record keeps it: whitespace runs as one space,
+    at most MAX_REASON characters."""
+    return " ".join(reason.split())[:MAX_REASON]
+
+
 def tell_ended(proc: subprocess.Popen[bytes], reason: str) -> bool:
     """Tell ``proc`` (started with ``stdin=PIPE``) that its owner ended the job, and why; the
     pipe is closed after it. False when it could not be told (no pipe, or it is gone)."""
     if proc.stdin is None:
         return False
-    line = ENDED + " ".join(reason.split())[:MAX_REASON] + "\n"
+    line = ENDED + _one_line(reason) + "\n"
     try:
         with proc.stdin:
             proc.stdin.write(line.encode())
@@ -91,7 +97,7 @@ def listen_for_end(stream: IO[str], on_end: Callable[[str], None]) -> threading.
         try:
             for line in stream:
                 if line.startswith(ENDED):
-                    on_end(" ".join(line[len(ENDED):].split())[:MAX_REASON] or "its owner ended the job")
+                    on_end(_one_line(line[len(ENDED):]) or "its owner ended the job")
                     return
         except (OSError, ValueError) as e:  # a closed or unreadable stdin: nothing to hear
             logger.debug("stdin: %s", e)

@@ -1,8 +1,8 @@
 """What an event says, in one sentence: the timeline's labels and the first line of a Logs row.
 
 One template per event type, over the event's fields by name. A field the event lacks reads
-"?", and a float reads with four significant figures (whole below 1,000 and up: ``27.12``,
-``0.0307``, ``4547``). A type without a template has no sentence; the Logs
+"?", and a float reads with four significant figures, as a whole number from 1,000 up
+(``27.12``, ``0.0307``, ``4547``). A type without a template has no sentence; the Logs
 show its fields alone. :func:`presented` is an event as the monitor hands it to a page (the
 ``/api/v1/events`` items, the live updates' events): the event itself, its ``level`` and,
 where there is one, its sentence as ``what``.

@@ -73,8 +73,8 @@ from torchrt.checkpoint.manifest import RankRecord, replicated_digest
 from torchrt.checkpoint.restore import PerRankOnResize, RestoreResult, restore_latest
 from torchrt.checkpoint.spec import CheckpointSpec, OnError, WhenBusy
 from torchrt.checkpoint.staging import BufferKind, HostBuffer, Staging
-from torchrt.checkpoint.throughput import mbytes_per_second
 from torchrt.checkpoint.state import FlatState, ShardRef, TensorRef, dumps_tree, flatten, iter_leaves
+from torchrt.checkpoint.throughput import mbytes_per_second
 from torchrt.checkpoint.writer import WriterPool
 from torchrt.contract import EventType
 from torchrt.telemetry import get_reporter
