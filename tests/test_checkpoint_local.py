@@ -422,6 +422,7 @@ def test_a_small_slow_save_reports_the_throughput_it_had_not_zero(tmp_path, mana
     ck = managers(tmp_path)
     FAULTS.gate = threading.Event()  # the writers wait: the write takes at least as long as the gate is shut
     handle = ck.save(state, 1)
+    handle.wait_staged(30)  # the write has started (its clock runs from before staging): now 0.35 s of it
     with pytest.raises(TimeoutError, match="checkpoint step 1 not finished after 0.35 s"):
         handle.wait(0.35)
     FAULTS.gate.set()
